@@ -1,0 +1,165 @@
+"""Soft-target (knowledge-distillation) losses.
+
+A loss here is a plain function plus a thin `keras.losses.Loss` class around
+it, the way Keras keeps its own losses.
+"""
+
+import math
+import numbers
+
+import keras
+from keras import ops
+
+_EPSILON = 1e-12
+
+
+def validate_temperature(temperature):
+    """Checks that `temperature` is a finite number > 0 and returns it as float.
+
+    Args:
+        temperature: The value to check.
+
+    Returns:
+        `temperature` as a Python float.
+
+    Raises:
+        ValueError: if `temperature` is not a finite number greater than 0.
+    """
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, numbers.Real)
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
+        raise ValueError(
+            "Expected `temperature` to be a finite number greater than 0. "
+            f"Received: temperature={temperature!r}"
+        )
+    return float(temperature)
+
+
+def probabilities_to_logits(probabilities):
+    """Turns probabilities into logits that reproduce them under softmax.
+
+    `log(p)` differs from the original logits by a per-row constant, and
+    softmax is invariant to such constants, so `softmax(log(p) / T)` equals
+    `softmax(z / T)` for the teacher's pre-softmax logits `z`. This is how a
+    teacher that ends in a softmax is distilled without a second softmax.
+
+    Args:
+        probabilities: Tensor of probabilities, classes on the last axis.
+
+    Returns:
+        A float32 tensor of log-probabilities (usable as logits).
+    """
+    probabilities = ops.cast(probabilities, "float32")
+    return ops.log(ops.maximum(probabilities, _EPSILON))
+
+
+def soft_targets(teacher_logits, temperature=1.0):
+    """Returns the teacher's softened distribution, `softmax(z_t / T)`.
+
+    Args:
+        teacher_logits: Tensor of teacher logits, classes on the last axis.
+        temperature: Softmax temperature `T > 0`.
+
+    Returns:
+        A float32 tensor of probabilities with the shape of `teacher_logits`.
+
+    Example:
+
+    >>> keras_kd.losses.soft_targets([[2.0, 1.0, 0.0]], temperature=10.0)
+    ... # [[0.3672, 0.3322, 0.3006]]
+    """
+    temperature = validate_temperature(temperature)
+    z = ops.cast(ops.convert_to_tensor(teacher_logits), "float32")
+    return ops.softmax(z / temperature, axis=-1)
+
+
+def distillation_loss(teacher_logits, student_logits, temperature=1.0):
+    """Hinton et al.'s soft-target loss, one value per sample.
+
+    Computes `T**2 * KL(softmax(z_t / T) || softmax(z_s / T))` from
+    log-softmax in float32, whatever the inputs' dtype (so it stays exact
+    under mixed precision). The `T**2` factor keeps the gradient's scale
+    independent of `T`, so that the soft and hard terms can be mixed with a
+    fixed weight.
+
+    Reference: G. Hinton, O. Vinyals, J. Dean, "Distilling the Knowledge in
+    a Neural Network", NIPS Deep Learning Workshop, 2015
+    (https://arxiv.org/abs/1503.02531).
+
+    Both inputs are *logits*. For a teacher that outputs probabilities, pass
+    `keras_kd.losses.probabilities_to_logits(p)`, never `p` itself.
+
+    Args:
+        teacher_logits: Tensor of shape `(..., num_classes)`.
+        student_logits: Tensor of the same shape.
+        temperature: Softmax temperature `T > 0`.
+
+    Returns:
+        A float32 tensor of shape `(...)`: the loss per sample (per position
+        for sequence outputs), reduced over the class axis only.
+
+    Raises:
+        ValueError: if `temperature` is not a finite number > 0.
+
+    Example:
+
+    >>> keras_kd.losses.distillation_loss([[2.0, 1.0, 0.0]], [[0.0, 0.0, 0.0]])
+    ... # [0.2662]
+    """
+    temperature = validate_temperature(temperature)
+    z_t = ops.cast(ops.convert_to_tensor(teacher_logits), "float32")
+    z_s = ops.cast(ops.convert_to_tensor(student_logits), "float32")
+    log_p_t = ops.log_softmax(z_t / temperature, axis=-1)
+    log_p_s = ops.log_softmax(z_s / temperature, axis=-1)
+    kl = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+    return (temperature**2) * kl
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class DistillationLoss(keras.losses.Loss):
+    """Soft-target loss of Hinton et al. (2015) as a `keras.losses.Loss`.
+
+    `y_true` is the teacher's logits and `y_pred` the student's logits; the
+    loss is `T**2 * KL(softmax(y_true / T) || softmax(y_pred / T))`, computed
+    in float32 from log-softmax (see `keras_kd.losses.distillation_loss`).
+    Unlike `keras.losses.KLDivergence`, which expects probabilities and clips
+    them, it takes logits and applies the temperature itself.
+
+    Reference: G. Hinton, O. Vinyals, J. Dean, "Distilling the Knowledge in
+    a Neural Network", 2015 (https://arxiv.org/abs/1503.02531).
+
+    Args:
+        temperature: Softmax temperature `T > 0`. Defaults to `1.0`.
+        reduction: Keras loss reduction. Defaults to
+            `"sum_over_batch_size"`.
+        name: Name of the loss. Defaults to `"distillation_loss"`.
+
+    Raises:
+        ValueError: if `temperature` is not a finite number > 0.
+
+    Example:
+
+    >>> loss = keras_kd.losses.DistillationLoss(temperature=2.0)
+    >>> loss([[2.0, 1.0, 0.0]], [[0.0, 0.0, 0.0]])  # 0.3137
+    """
+
+    def __init__(
+        self,
+        temperature=1.0,
+        reduction="sum_over_batch_size",
+        name="distillation_loss",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.temperature = validate_temperature(temperature)
+
+    def call(self, y_true, y_pred):
+        return distillation_loss(y_true, y_pred, self.temperature)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"temperature": self.temperature})
+        return config
