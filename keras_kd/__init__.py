@@ -1,20 +1,36 @@
 """keras_kd: knowledge distillation for Keras 3.
 
-Public API: `Distiller`, the `losses` module and the `datasets` module
-(importing keras_kd registers the offline MNIST-1D tensorflow-datasets
-builder, so `tfds.load("mnist1d")` works).
+The public API is what this module exports:
+
+- `Distiller`: a `keras.Model` that trains a student from a teacher.
+- `losses`: the soft-target loss (`distillation_loss`, `DistillationLoss`).
+- `datasets`: offline MNIST-1D as a TFDS builder (importing keras_kd
+  registers it, so `tfds.load("mnist1d")` works) and TFDS pipelines.
+- `models`: the reference CNN teacher and MLP student.
+- `training`: ready-made runs (`train_teacher`, `distill`) used by the CLI.
+- `measure`: accuracy, file size and CPU latency of a model.
 """
 
+from keras_kd import datasets
 from keras_kd import losses
+from keras_kd import measure
+from keras_kd import models
+from keras_kd import training
 from keras_kd.distiller import Distiller
-from keras_kd.losses import DistillationLoss, distillation_loss, soft_targets
+from keras_kd.losses import DistillationLoss
+from keras_kd.losses import distillation_loss
+from keras_kd.losses import soft_targets
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Distiller",
     "DistillationLoss",
+    "datasets",
     "distillation_loss",
     "losses",
+    "measure",
+    "models",
     "soft_targets",
+    "training",
 ]

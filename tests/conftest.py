@@ -1,12 +1,16 @@
 """Shared test helpers: tiny models, tiny data, a serialization round trip."""
 
 import os
+import socket
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+import keras_kd  # noqa: E402,F401  (registers the mnist1d builder)
 
 
 def tiny_model(inputs=8, classes=3, hidden=16, *, seed=0, norm=False,
@@ -67,3 +71,22 @@ def models():
     teacher = tiny_model(hidden=32, seed=1, norm=True, name="teacher")
     student = tiny_model(hidden=4, seed=2, name="student")
     return teacher, student
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("Unexpected network access.")
+
+
+@pytest.fixture(scope="session")
+def mnist1d_data_dir(tmp_path_factory):
+    """A TFDS data_dir where MNIST-1D is prepared, all network use failing.
+
+    Prepared once per test session (about 20 s) and shared by every test.
+    """
+    path = tmp_path_factory.mktemp("tfds")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket, "create_connection", _no_network)
+        patch.setattr(socket.socket, "connect", _no_network)
+        patch.setattr(socket, "getaddrinfo", _no_network)
+        tfds.builder("mnist1d", data_dir=path).download_and_prepare()
+    return path

@@ -7,15 +7,15 @@ checks that the network is reachable, so that offline use raises a clear
 `DatasetNotAvailableError` instead of hanging or failing deep inside TFDS.
 """
 
-import socket
 import threading
+import urllib.error
+import urllib.request
 
 # Datasets generated locally by this package, available offline.
 EMBEDDED = ("mnist1d",)
 
-# Host probed before a download: TFDS' storage host.
-PROBE_HOST = "storage.googleapis.com"
-PROBE_PORT = 443
+# Probed before a download: TFDS' storage host.
+PROBE_URL = "https://storage.googleapis.com"
 PROBE_TIMEOUT = 3.0
 
 
@@ -23,36 +23,43 @@ class DatasetNotAvailableError(RuntimeError):
     """Raised when a dataset is not prepared and cannot be downloaded."""
 
 
-def network_available(host=PROBE_HOST, port=PROBE_PORT, timeout=PROBE_TIMEOUT):
-    """Returns whether a TCP connection to `host:port` can be opened.
+def network_available(url=PROBE_URL, timeout=PROBE_TIMEOUT):
+    """Returns whether `url` answers an HTTP `HEAD` request in time.
 
-    The connection (name resolution included) runs in a daemon thread, so
-    this returns within about `timeout` seconds even where DNS hangs.
+    Any HTTP response, error statuses included, counts as reachable: it
+    proves that name resolution, the connection (through the proxy set in
+    the environment, if any) and, for HTTPS, the TLS handshake all work.
+    The request runs in a daemon thread, so this returns within about
+    `timeout` seconds even where name resolution hangs.
 
     Args:
-        host: Host name or address to connect to.
-        port: TCP port to connect to.
+        url: URL to send the request to.
         timeout: Seconds to wait before giving up.
 
     Returns:
-        `True` if the connection was opened, `False` otherwise.
+        `True` if `url` answered within `timeout` seconds, else `False`.
 
     Example:
 
-    >>> network_available("127.0.0.1", port=9, timeout=0.5)
+    >>> network_available("http://127.0.0.1:9", timeout=0.5)
     False
     """
-    connected = threading.Event()
+    outcome = []
 
-    def connect():
+    def request():
         try:
-            with socket.create_connection((host, port), timeout=timeout):
-                connected.set()
-        except OSError:
-            pass
+            head = urllib.request.Request(url, method="HEAD")
+            with urllib.request.urlopen(head, timeout=timeout):
+                outcome.append(True)
+        except urllib.error.HTTPError:
+            outcome.append(True)
+        except (OSError, ValueError):  # URLError, timeouts, bad URLs.
+            outcome.append(False)
 
-    threading.Thread(target=connect, daemon=True).start()
-    return connected.wait(timeout)
+    thread = threading.Thread(target=request, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(outcome) and outcome[0]
 
 
 def ensure_prepared(builder, *, download=True):
@@ -84,8 +91,8 @@ def ensure_prepared(builder, *, download=True):
         reason = "downloads are disabled (`download=False`)"
     elif not network_available():
         reason = (
-            f"the network is unreachable (could not connect to "
-            f"{PROBE_HOST}:{PROBE_PORT} within {PROBE_TIMEOUT:g} s)"
+            f"the network is unreachable ({PROBE_URL} did not answer "
+            f"within {PROBE_TIMEOUT:g} s)"
         )
     else:
         builder.download_and_prepare()

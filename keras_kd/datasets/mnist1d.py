@@ -203,9 +203,7 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
                     "x": tfds.features.Tensor(
                         shape=INPUT_SHAPE, dtype=np.float32
                     ),
-                    "label": tfds.features.ClassLabel(
-                        num_classes=NUM_CLASSES
-                    ),
+                    "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
                 }
             ),
             supervised_keys=("x", "label"),

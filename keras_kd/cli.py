@@ -1,0 +1,145 @@
+"""The `keras-kd` command line. It parses flags and calls the public API."""
+
+import argparse
+import os
+import sys
+
+_EPILOG = """examples:
+  keras-kd demo
+  keras-kd train-teacher --dataset mnist1d --output saved_models/teacher.keras
+  keras-kd distill --teacher saved_models/teacher.keras --temperature 2
+"""
+
+
+def _positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def _common(parser):
+    parser.add_argument("--dataset", default="mnist1d",
+                        help="TFDS dataset name (default: the embedded mnist1d)")
+    parser.add_argument("--data-dir", default=None,
+                        help="TFDS data directory (default: TFDS' own)")
+    parser.add_argument("--batch-size", type=_positive_int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", default="auto", choices=["auto", "0", "1", "2"],
+                        help="Keras fit verbosity (default: bars on a terminal)")
+
+
+def _distill_flags(parser):
+    from keras_kd.distiller import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
+
+    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                        help=f"soft-target temperature T > 0 (default {DEFAULT_TEMPERATURE})")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help=f"weight of the hard-label loss in [0, 1] (default {DEFAULT_ALPHA})")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-kd",
+        description="Knowledge distillation for Keras 3.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="distil a CNN into an MLP on MNIST-1D and report")
+    _common(demo)
+    _distill_flags(demo)
+    demo.add_argument("--output", default="saved_models/demo", help="output folder")
+    demo.add_argument("--teacher-epochs", type=_positive_int, default=40)
+    demo.add_argument("--student-epochs", type=_positive_int, default=30)
+    demo.add_argument("--distill-epochs", type=_positive_int, default=40)
+    demo.add_argument("--train-size", type=_positive_int, default=None,
+                      help="use only this many training examples (quick runs)")
+    demo.add_argument("--transfer-size", type=_positive_int, default=None,
+                      help="use only about this many transfer examples (quick runs)")
+
+    teach = sub.add_parser("train-teacher", help="train the reference CNN teacher")
+    _common(teach)
+    teach.add_argument("--output", default="saved_models/teacher.keras")
+    teach.add_argument("--epochs", type=_positive_int, default=40)
+
+    distill = sub.add_parser("distill", help="distil a saved teacher into a student")
+    _common(distill)
+    _distill_flags(distill)
+    distill.add_argument("--teacher", required=True, help="teacher .keras file")
+    distill.add_argument("--student", default=None,
+                         help="untrained student .keras file (default: the reference MLP)")
+    distill.add_argument("--output", default="saved_models/distill", help="output folder")
+    distill.add_argument("--epochs", type=_positive_int, default=40)
+    return parser
+
+
+def _verbose(value):
+    return value if value == "auto" else int(value)
+
+
+def _run(args):
+    import keras
+
+    from keras_kd import Distiller, _files, datasets, demo, measure, models, training
+
+    verbose = _verbose(args.verbose)
+    if args.command == "demo":
+        demo.run_demo(
+            args.output, dataset=args.dataset, teacher_epochs=args.teacher_epochs,
+            student_epochs=args.student_epochs, distill_epochs=args.distill_epochs,
+            temperature=args.temperature, alpha=args.alpha, batch_size=args.batch_size,
+            train_size=args.train_size, transfer_size=args.transfer_size,
+            data_dir=args.data_dir, seed=args.seed, verbose=verbose,
+        )
+        return
+
+    keras.utils.set_random_seed(args.seed)
+    if args.command == "distill":  # Check the inputs before any data work.
+        teacher = _files.load_model(args.teacher, argument="--teacher")
+        student = None
+        if args.student is not None:
+            student = _files.load_model(args.student, argument="--student")
+        Distiller(student or models.mlp_student(teacher.input_shape[1:],
+                                                teacher.output_shape[-1]),
+                  teacher, temperature=args.temperature, alpha=args.alpha)
+    data = datasets.load(args.dataset, batch_size=args.batch_size,
+                         data_dir=args.data_dir, seed=args.seed)
+    if args.command == "train-teacher":
+        teacher, _ = training.train_teacher(
+            data, epochs=args.epochs, validation_data=data["test"], verbose=verbose
+        )
+        _files.save_model(teacher, args.output)
+        accuracy = measure.accuracy(teacher, data["test"])
+        print(f"teacher test accuracy {accuracy:.4f}; saved to {args.output}")
+        return
+
+    if student is None:
+        student = models.mlp_student(data.input_shape, data.num_classes)
+    transfer = datasets.transfer_set(args.dataset, batch_size=args.batch_size,
+                                     data_dir=args.data_dir, seed=args.seed)
+    distiller, _ = training.distill(
+        teacher, student, transfer, epochs=args.epochs, temperature=args.temperature,
+        alpha=args.alpha, validation_data=data["test"], verbose=verbose,
+    )
+    path = _files.save_model(distiller.student, os.path.join(args.output, "student.keras"))
+    accuracy = measure.accuracy(distiller.student, data["test"])
+    print(f"distilled student test accuracy {accuracy:.4f}; saved to {path}")
+
+
+def main(argv=None):
+    """Entry point of the `keras-kd` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from keras_kd.datasets import DatasetNotAvailableError
+
+    try:
+        _run(args)
+    except (ValueError, DatasetNotAvailableError) as error:
+        parser.exit(2, f"keras-kd {args.command}: error: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
