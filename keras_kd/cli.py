@@ -23,7 +23,8 @@ def _common(parser):
                         help="TFDS dataset name (default: the embedded mnist1d)")
     parser.add_argument("--data-dir", default=None,
                         help="TFDS data directory (default: TFDS' own)")
-    parser.add_argument("--batch-size", type=_positive_int, default=256)
+    parser.add_argument("--batch-size", type=_positive_int, default=64,
+                        help="batch size of training on labelled data (default 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", default="auto", choices=["auto", "0", "1", "2"],
                         help="Keras fit verbosity (default: bars on a terminal)")
@@ -50,9 +51,10 @@ def build_parser():
     demo = sub.add_parser("demo", help="distil a CNN into an MLP on MNIST-1D and report")
     _common(demo)
     _distill_flags(demo)
+    demo.add_argument("--distill-batch-size", type=_positive_int, default=256)
     demo.add_argument("--output", default="saved_models/demo", help="output folder")
     demo.add_argument("--teacher-epochs", type=_positive_int, default=40)
-    demo.add_argument("--student-epochs", type=_positive_int, default=30)
+    demo.add_argument("--student-epochs", type=_positive_int, default=60)
     demo.add_argument("--distill-epochs", type=_positive_int, default=40)
     demo.add_argument("--train-size", type=_positive_int, default=None,
                       help="use only this many training examples (quick runs)")
@@ -72,6 +74,7 @@ def build_parser():
                          help="untrained student .keras file (default: the reference MLP)")
     distill.add_argument("--output", default="saved_models/distill", help="output folder")
     distill.add_argument("--epochs", type=_positive_int, default=40)
+    distill.add_argument("--distill-batch-size", type=_positive_int, default=256)
     return parser
 
 
@@ -90,6 +93,7 @@ def _run(args):
             args.output, dataset=args.dataset, teacher_epochs=args.teacher_epochs,
             student_epochs=args.student_epochs, distill_epochs=args.distill_epochs,
             temperature=args.temperature, alpha=args.alpha, batch_size=args.batch_size,
+            distill_batch_size=args.distill_batch_size,
             train_size=args.train_size, transfer_size=args.transfer_size,
             data_dir=args.data_dir, seed=args.seed, verbose=verbose,
         )
@@ -117,7 +121,7 @@ def _run(args):
 
     if student is None:
         student = models.mlp_student(data.input_shape, data.num_classes)
-    transfer = datasets.transfer_set(args.dataset, batch_size=args.batch_size,
+    transfer = datasets.transfer_set(args.dataset, batch_size=args.distill_batch_size,
                                      data_dir=args.data_dir, seed=args.seed)
     distiller, _ = training.distill(
         teacher, student, transfer, epochs=args.epochs, temperature=args.temperature,

@@ -43,11 +43,12 @@ def run_demo(
     *,
     dataset="mnist1d",
     teacher_epochs=40,
-    student_epochs=30,
+    student_epochs=60,
     distill_epochs=40,
     temperature=DEFAULT_TEMPERATURE,
     alpha=DEFAULT_ALPHA,
-    batch_size=256,
+    batch_size=64,
+    distill_batch_size=256,
     train_size=None,
     transfer_size=None,
     data_dir=None,
@@ -81,7 +82,9 @@ def run_demo(
         temperature: Softmax temperature of the soft targets.
         alpha: Weight of the hard-label loss (the transfer set here has no
             labels, so it is pure distillation and `alpha` is unused).
-        batch_size: Batch size of every run.
+        batch_size: Batch size of the teacher and the scratch student.
+        distill_batch_size: Batch size of distillation (the transfer set
+            is 7 times larger than `train`).
         train_size: Use only the first `train_size` training examples
             (for quick runs); `None` uses all.
         transfer_size: Use only about `transfer_size` transfer examples
@@ -108,10 +111,11 @@ def run_demo(
     )
     test = data["test"]
     transfer = datasets.transfer_set(
-        dataset, batch_size=batch_size, data_dir=data_dir, seed=seed
+        dataset, batch_size=distill_batch_size, data_dir=data_dir, seed=seed
     )
     if transfer_size is not None:
-        transfer = transfer.take(max(1, math.ceil(transfer_size / batch_size)))
+        batches = math.ceil(transfer_size / distill_batch_size)
+        transfer = transfer.take(max(1, batches))
     histories = {}
 
     teacher_path = os.path.join(output_dir, "teacher.keras")
@@ -178,6 +182,7 @@ def run_demo(
         "student_epochs": student_epochs,
         "distill_epochs": distill_epochs,
         "batch_size": batch_size,
+        "distill_batch_size": distill_batch_size,
         "train_examples": data.num_examples[train_split],
         "latency_batch_size": int(latency_batch.shape[0]),
         "seed": seed,
