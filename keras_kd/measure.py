@@ -39,7 +39,7 @@ def saved_size_bytes(model):
     """
     if getattr(model, "optimizer", None) is not None:
         try:
-            copy = keras.models.clone_model(model)
+            copy = model.__class__.from_config(model.get_config())
             copy.set_weights(model.get_weights())
             model = copy
         except Exception:  # Subclassed models may not clone: measure as is.
