@@ -8,6 +8,8 @@ The public API is what this module exports:
   registers it, so `tfds.load("mnist1d")` works) and TFDS pipelines.
 - `models`: the reference CNN teacher and MLP student.
 - `training`: ready-made runs (`train_teacher`, `distill`) used by the CLI.
+- `tuning`: `DistillerHyperModel`, a keras-tuner search space over the
+  temperature, alpha and the soft loss, the teacher run once per search.
 - `measure`: accuracy, file size and CPU latency of a model.
 """
 
@@ -16,21 +18,29 @@ from keras_kd import losses
 from keras_kd import measure
 from keras_kd import models
 from keras_kd import training
+from keras_kd import tuning
 from keras_kd.distiller import Distiller
 from keras_kd.losses import DistillationLoss
+from keras_kd.losses import LogitMatchingLoss
 from keras_kd.losses import distillation_loss
+from keras_kd.losses import logit_matching_loss
 from keras_kd.losses import soft_targets
+from keras_kd.tuning import DistillerHyperModel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Distiller",
     "DistillationLoss",
+    "DistillerHyperModel",
+    "LogitMatchingLoss",
     "datasets",
     "distillation_loss",
+    "logit_matching_loss",
     "losses",
     "measure",
     "models",
     "soft_targets",
     "training",
+    "tuning",
 ]

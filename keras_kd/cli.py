@@ -8,6 +8,7 @@ _EPILOG = """examples:
   keras-kd demo
   keras-kd train-teacher --dataset mnist1d --output saved_models/teacher.keras
   keras-kd distill --teacher saved_models/teacher.keras --temperature 2
+  keras-kd tune --trials 12 --tuner bayesian   # search T and alpha
 """
 
 
@@ -75,6 +76,44 @@ def build_parser():
     distill.add_argument("--output", default="saved_models/distill", help="output folder")
     distill.add_argument("--epochs", type=_positive_int, default=40)
     distill.add_argument("--distill-batch-size", type=_positive_int, default=256)
+
+    tune = sub.add_parser(
+        "tune", help="search the temperature and alpha with keras-tuner "
+        "(the teacher runs once per search)")
+    _common(tune)
+    tune.add_argument("--teacher", default=None,
+                      help="teacher .keras file (default: OUTPUT/teacher.keras if "
+                           "present, else train one there)")
+    tune.add_argument("--tuner", choices=["random", "bayesian", "hyperband"],
+                      default="random")
+    tune.add_argument("--trials", type=_positive_int, default=12,
+                      help="number of trials (random, bayesian; default 12)")
+    tune.add_argument("--epochs", type=_positive_int, default=15,
+                      help="epochs of each trial (hyperband: the most; default 15)")
+    tune.add_argument("--temperature-range", type=float, nargs=2, default=[1.0, 20.0],
+                      metavar=("MIN", "MAX"), help="T range, log scale (default 1 20)")
+    tune.add_argument("--alpha-range", type=float, nargs=2, default=[0.0, 1.0],
+                      metavar=("MIN", "MAX"), help="alpha range (default 0 1)")
+    tune.add_argument("--learning-rate", type=float, default=2e-3,
+                      help="initial learning rate, cosine-decayed (default 0.002)")
+    tune.add_argument("--validation-fraction", type=float, default=0.2,
+                      help="share of train held out for the objective (default 0.2)")
+    tune.add_argument("--train-size", type=_positive_int, default=None,
+                      help="use only this many training examples (quick runs)")
+    tune.add_argument("--transfer", action="store_true",
+                      help="train on the inputs plus the unlabelled transfer split "
+                           "(pure distillation, as the demo; alpha is not searched)")
+    tune.add_argument("--transfer-size", type=_positive_int, default=None,
+                      help="with --transfer: use only this many unlabelled examples")
+    tune.add_argument("--distill-batch-size", type=_positive_int, default=256,
+                      help="batch size with --transfer (default 256)")
+    tune.add_argument("--teacher-epochs", type=_positive_int, default=40,
+                      help="epochs of the teacher when one is trained (default 40)")
+    tune.add_argument("--no-default", action="store_true",
+                      help="skip training the default-T/alpha student for comparison")
+    tune.add_argument("--resume", action="store_true",
+                      help="continue the search in OUTPUT/tuner instead of replacing it")
+    tune.add_argument("--output", default="saved_models/tune", help="output folder")
     return parser
 
 
@@ -95,6 +134,24 @@ def _run(args):
             temperature=args.temperature, alpha=args.alpha, batch_size=args.batch_size,
             distill_batch_size=args.distill_batch_size,
             train_size=args.train_size, transfer_size=args.transfer_size,
+            data_dir=args.data_dir, seed=args.seed, verbose=verbose,
+        )
+        return
+    if args.command == "tune":
+        from keras_kd import tuning
+
+        tuning.run_search(
+            args.output, dataset=args.dataset, teacher=args.teacher,
+            tuner=args.tuner, trials=args.trials, epochs=args.epochs,
+            temperature=tuple(args.temperature_range),
+            alpha=tuple(args.alpha_range), learning_rate=args.learning_rate,
+            batch_size=args.batch_size,
+            validation_fraction=args.validation_fraction,
+            train_size=args.train_size, transfer=args.transfer,
+            transfer_size=args.transfer_size,
+            distill_batch_size=args.distill_batch_size,
+            teacher_epochs=args.teacher_epochs,
+            compare_default=not args.no_default, resume=args.resume,
             data_dir=args.data_dir, seed=args.seed, verbose=verbose,
         )
         return

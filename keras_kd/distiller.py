@@ -22,6 +22,9 @@ DEFAULT_TEMPERATURE = 2.0
 DEFAULT_ALPHA = 0.1
 
 _TEACHER_OUTPUTS = ("auto", "logits", "probabilities")
+# The soft-target losses: Hinton et al.'s tempered KL, or Ba & Caruana's
+# logit matching (`keras_kd.losses.logit_matching_loss`).
+SOFT_LOSSES = ("kl", "mse")
 _CHECKPOINT_FORMATS = (
     "a `.keras` file (ModelCheckpoint(filepath='ckpt.keras')) or "
     "weights only (ModelCheckpoint(filepath='ckpt.weights.h5', "
@@ -143,12 +146,20 @@ class Distiller(keras.Model):
             outputs otherwise look like probabilities. Probabilities are
             turned into log-probabilities before the temperature is applied,
             so they are never softmaxed twice.
+        soft_loss: The soft-target loss. `"kl"` (the default): the
+            tempered KL divergence above
+            (`keras_kd.losses.DistillationLoss`). `"mse"`: logit matching
+            (Ba & Caruana, 2014; `keras_kd.losses.LogitMatchingLoss`), half
+            the mean squared difference of the centred logits, the limit of
+            the `"kl"` loss for a large temperature; `temperature` then only
+            combines an ensemble's teachers.
         name: Name of the model. Defaults to `"distiller"`.
 
     Raises:
-        ValueError: if `temperature`, `alpha` or `teacher_outputs` are out of
-            range, if `teacher` and `student` are the same object, if the
-            student ends in a softmax, or if their output shapes differ.
+        ValueError: if `temperature`, `alpha`, `teacher_outputs` or
+            `soft_loss` are out of range, if `teacher` and `student` are the
+            same object, if the student ends in a softmax, or if their
+            output shapes differ.
 
     Example:
 
@@ -167,6 +178,7 @@ class Distiller(keras.Model):
         temperature=DEFAULT_TEMPERATURE,
         alpha=DEFAULT_ALPHA,
         teacher_outputs="auto",
+        soft_loss="kl",
         name="distiller",
         **kwargs,
     ):
@@ -188,6 +200,11 @@ class Distiller(keras.Model):
                 f"Expected `teacher_outputs` to be one of {_TEACHER_OUTPUTS}. "
                 f"Received: teacher_outputs={teacher_outputs!r}"
             )
+        if not isinstance(soft_loss, str) or soft_loss not in SOFT_LOSSES:
+            raise ValueError(
+                f"Expected `soft_loss` to be one of {SOFT_LOSSES}. "
+                f"Received: soft_loss={soft_loss!r}"
+            )
         if emits_probabilities(student):
             raise ValueError(
                 "The student must output logits, but its output layer applies "
@@ -206,7 +223,11 @@ class Distiller(keras.Model):
         teacher.trainable = False
         self.student = student
         self.teacher = teacher
-        self.soft_loss_fn = kd_losses.DistillationLoss(self.temperature)
+        self.soft_loss = soft_loss
+        if soft_loss == "mse":
+            self.soft_loss_fn = kd_losses.LogitMatchingLoss()
+        else:
+            self.soft_loss_fn = kd_losses.DistillationLoss(self.temperature)
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(
             name="distillation_loss"
@@ -280,6 +301,7 @@ class Distiller(keras.Model):
             "temperature": self.temperature,
             "alpha": self.alpha,
             "teacher_outputs": self.teacher_outputs,
+            "soft_loss": self.soft_loss,
         }
 
     @classmethod
