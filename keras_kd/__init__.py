@@ -11,15 +11,19 @@ The public API is what this module exports:
 - `tuning`: `DistillerHyperModel`, a keras-tuner search space over the
   temperature, alpha and the soft loss, the teacher run once per search.
 - `measure`: accuracy, file size and CPU latency of a model.
+- `export_student`: the student as a TF SavedModel or a TFLite file.
 """
 
 from keras_kd import datasets
+from keras_kd import export
 from keras_kd import losses
 from keras_kd import measure
 from keras_kd import models
 from keras_kd import training
 from keras_kd import tuning
 from keras_kd.distiller import Distiller
+from keras_kd.export import ExportedStudent
+from keras_kd.export import export_student
 from keras_kd.losses import DistillationLoss
 from keras_kd.losses import LogitMatchingLoss
 from keras_kd.losses import distillation_loss
@@ -33,9 +37,12 @@ __all__ = [
     "Distiller",
     "DistillationLoss",
     "DistillerHyperModel",
+    "ExportedStudent",
     "LogitMatchingLoss",
     "datasets",
     "distillation_loss",
+    "export",
+    "export_student",
     "logit_matching_loss",
     "losses",
     "measure",

@@ -77,6 +77,19 @@ def build_parser():
     distill.add_argument("--epochs", type=_positive_int, default=40)
     distill.add_argument("--distill-batch-size", type=_positive_int, default=256)
 
+    export = sub.add_parser(
+        "export", help="export a student .keras file as a TF SavedModel or a "
+        "TFLite file for deployment")
+    export.add_argument("student", metavar="STUDENT.keras",
+                        help="the student (or a Distiller) saved as .keras")
+    export.add_argument("--format", choices=["savedmodel", "tflite"],
+                        default="savedmodel",
+                        help="savedmodel: a folder for TF Serving; tflite: a "
+                             "file for mobile and edge (default: savedmodel)")
+    export.add_argument("--output", default=None,
+                        help="destination (default: next to STUDENT.keras, "
+                             "STUDENT_savedmodel/ or STUDENT.tflite)")
+
     tune = sub.add_parser(
         "tune", help="search the temperature and alpha with keras-tuner "
         "(the teacher runs once per search)")
@@ -126,6 +139,9 @@ def _run(args):
 
     from keras_kd import Distiller, _files, datasets, demo, measure, models, training
 
+    if args.command == "export":
+        _run_export(args)
+        return
     verbose = _verbose(args.verbose)
     if args.command == "demo":
         demo.run_demo(
@@ -187,6 +203,19 @@ def _run(args):
     path = _files.save_model(distiller.student, os.path.join(args.output, "student.keras"))
     accuracy = measure.accuracy(distiller.student, data["test"])
     print(f"distilled student test accuracy {accuracy:.4f}; saved to {path}")
+
+
+def _run_export(args):
+    from keras_kd import export
+
+    output = args.output
+    if output is None:
+        stem = args.student[: -len(".keras")] if args.student.endswith(".keras") \
+            else args.student
+        output = stem + (".tflite" if args.format == "tflite" else "_savedmodel")
+    exported = export.export_student(args.student, output, format=args.format)
+    print(f"exported {args.student} as {exported.format} to {exported.path} "
+          f"({exported.size_bytes:,} bytes)")
 
 
 def main(argv=None):
