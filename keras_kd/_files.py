@@ -40,6 +40,15 @@ def load_model(path, *, argument="path"):
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # Keras raises many types for bad files.
         reason = str(error).strip().splitlines()[0] if str(error) else ""
+        if "safe_mode" in str(error) or "arbitrary code" in str(error):
+            raise ValueError(
+                f"Refused to load `{argument}`: it holds Python code (e.g. "
+                "a `Lambda` layer's lambda), which could run anything, and "
+                "models are loaded with Keras' safe_mode on. If you trust "
+                "the file, load it with `keras.saving.load_model(path, "
+                "safe_mode=False)` and pass the model instead. Received: "
+                f"{argument}={path!r}"
+            ) from None
         raise ValueError(
             f"Could not load a Keras model from `{argument}`: the file is "
             f"corrupt or not a Keras model ({type(error).__name__}: "

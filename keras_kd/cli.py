@@ -13,7 +13,11 @@ _EPILOG = """examples:
 
 
 def _positive_int(text):
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, received {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
     return value
@@ -29,6 +33,13 @@ def _common(parser):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", default="auto", choices=["auto", "0", "1", "2"],
                         help="Keras fit verbosity (default: bars on a terminal)")
+
+
+def _resume_flag(parser):
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start over instead of resuming an unfinished run "
+                             "from its backup in OUTPUT/.backup (resuming is "
+                             "the default)")
 
 
 def _distill_flags(parser):
@@ -66,6 +77,7 @@ def build_parser():
     _common(teach)
     teach.add_argument("--output", default="saved_models/teacher.keras")
     teach.add_argument("--epochs", type=_positive_int, default=40)
+    _resume_flag(teach)
 
     distill = sub.add_parser("distill", help="distil a saved teacher into a student")
     _common(distill)
@@ -76,6 +88,7 @@ def build_parser():
     distill.add_argument("--output", default="saved_models/distill", help="output folder")
     distill.add_argument("--epochs", type=_positive_int, default=40)
     distill.add_argument("--distill-batch-size", type=_positive_int, default=256)
+    _resume_flag(distill)
 
     export = sub.add_parser(
         "export", help="export a student .keras file as a TF SavedModel or a "
@@ -184,8 +197,12 @@ def _run(args):
     data = datasets.load(args.dataset, batch_size=args.batch_size,
                          data_dir=args.data_dir, seed=args.seed)
     if args.command == "train-teacher":
+        output_dir, name = os.path.split(args.output)
         teacher, _ = training.train_teacher(
-            data, epochs=args.epochs, validation_data=data["test"], verbose=verbose
+            data, epochs=args.epochs, validation_data=data["test"], verbose=verbose,
+            callbacks=training.backup(output_dir or ".", name[: -len(".keras")],
+                                      resume=not args.no_resume,
+                                      description="the teacher's training"),
         )
         _files.save_model(teacher, args.output)
         accuracy = measure.accuracy(teacher, data["test"])
@@ -199,6 +216,8 @@ def _run(args):
     distiller, _ = training.distill(
         teacher, student, transfer, epochs=args.epochs, temperature=args.temperature,
         alpha=args.alpha, validation_data=data["test"], verbose=verbose,
+        callbacks=training.backup(args.output, "distill", resume=not args.no_resume,
+                                  description="the distillation"),
     )
     path = _files.save_model(distiller.student, os.path.join(args.output, "student.keras"))
     accuracy = measure.accuracy(distiller.student, data["test"])

@@ -405,6 +405,10 @@ class Distiller(keras.Model):
     def get_metrics_result(self):
         # Called eagerly by `fit`/`evaluate` at the end of an epoch: the
         # label-based metrics only count when a labelled batch was seen.
+        if not tf.executing_eagerly():
+            # Keras' symbolic build (under a tf.distribute strategy) traces
+            # this to create metric state: report every metric.
+            return self._collect_logs(labelled=True)
         count = ops.convert_to_numpy(self.student_loss_tracker.count)
         labelled = float(count) > 0
         return self._collect_logs(labelled=labelled)

@@ -10,6 +10,17 @@ import numbers
 import keras
 from keras import ops
 
+try:  # Keras' accessors for the `_keras_mask` of a tensor (Keras >= 3.6).
+    from keras.src.backend.common.masking import get_keras_mask
+    from keras.src.backend.common.masking import set_keras_mask
+except ImportError:  # pragma: no cover
+
+    def get_keras_mask(x):
+        return getattr(x, "_keras_mask", None)
+
+    def set_keras_mask(x, mask):
+        x._keras_mask = mask
+
 _EPSILON = 1e-12
 
 
@@ -118,6 +129,58 @@ def distillation_loss(teacher_logits, student_logits, temperature=1.0):
     return (temperature**2) * kl
 
 
+def valid_positions(y_pred, sample_weight=None):
+    """The valid (non-padding) positions of sequence outputs, or `None`.
+
+    For outputs with a time axis, e.g. token logits of shape
+    `(batch, time, classes)`, a position is *valid* when the Keras mask of
+    `y_pred` is `True` there (the mask a `mask_zero=True` `Embedding` or a
+    `Masking` layer propagates) and its sample weight is not 0. Sample
+    weights may be given per sequence, `(batch,)`, or per position,
+    `(batch, time)`; a weight of 0 marks padding exactly as the mask does.
+
+    The soft-target losses of keras_kd (and, inside the `Distiller`, every
+    loss and metric) average over the valid positions only: with the default
+    `"sum_over_batch_size"` reduction a batch's loss is
+    `sum(weight * loss over valid positions) / number of valid positions`,
+    and padded positions get no gradient.
+
+    Args:
+        y_pred: The predicted logits; its Keras mask, if any, is used.
+        sample_weight: Optional sample weights of shape `(batch,)` or
+            `(batch, time)`.
+
+    Returns:
+        A boolean tensor with the shape of `y_pred` without its last axis,
+        or `None` for outputs without a time axis (rank < 3) and for
+        sequences with neither a mask nor sample weights.
+
+    Example:
+
+    >>> logits = keras.ops.zeros((2, 4, 5))
+    >>> weights = np.array([[1, 1, 0, 0], [1, 1, 1, 1]])
+    >>> keras_kd.losses.valid_positions(logits, weights)
+    ... # [[True, True, False, False], [True, True, True, True]]
+    """
+    y_pred = ops.convert_to_tensor(y_pred)
+    if len(y_pred.shape) < 3:
+        return None
+    valid = get_keras_mask(y_pred)
+    if valid is not None:
+        valid = ops.cast(valid, "bool")
+    if sample_weight is not None:
+        weight = ops.convert_to_tensor(sample_weight)
+        if len(weight.shape) == len(y_pred.shape) and weight.shape[-1] == 1:
+            weight = ops.squeeze(weight, axis=-1)
+        nonzero = ops.not_equal(weight, ops.zeros((), weight.dtype))
+        while len(nonzero.shape) < len(y_pred.shape) - 1:
+            nonzero = ops.expand_dims(nonzero, axis=-1)
+        if valid is None:
+            valid = ops.ones_like(y_pred[..., 0], dtype="bool")
+        valid = ops.logical_and(valid, nonzero)
+    return valid
+
+
 @keras.saving.register_keras_serializable(package="keras_kd")
 class DistillationLoss(keras.losses.Loss):
     """Soft-target loss of Hinton et al. (2015) as a `keras.losses.Loss`.
@@ -127,6 +190,15 @@ class DistillationLoss(keras.losses.Loss):
     in float32 from log-softmax (see `keras_kd.losses.distillation_loss`).
     Unlike `keras.losses.KLDivergence`, which expects probabilities and clips
     them, it takes logits and applies the temperature itself.
+
+    **Sequences.** For logits of shape `(batch, time, classes)` the loss is
+    computed per position and averaged over the valid positions only: those
+    where the Keras mask of `y_pred` is `True` (a `mask_zero=True`
+    `Embedding` or a `Masking` layer sets it) and, if `sample_weight` is
+    given, the weight is not 0. With the default reduction a batch's loss
+    is `sum(weight * loss over valid positions) / number of valid
+    positions`; padded positions get no gradient (see
+    `keras_kd.losses.valid_positions`).
 
     Reference: G. Hinton, O. Vinyals, J. Dean, "Distilling the Knowledge in
     a Neural Network", 2015 (https://arxiv.org/abs/1503.02531).
@@ -155,6 +227,16 @@ class DistillationLoss(keras.losses.Loss):
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.temperature = validate_temperature(temperature)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Keras applies the mask of `y_pred`; zero sample weights of
+        # sequence outputs mark padding too (see `valid_positions`).
+        if sample_weight is not None:
+            valid = valid_positions(y_pred, sample_weight)
+            if valid is not None:
+                y_pred = ops.copy(y_pred)
+                set_keras_mask(y_pred, valid)
+        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     def call(self, y_true, y_pred):
         return distillation_loss(y_true, y_pred, self.temperature)

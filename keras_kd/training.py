@@ -5,10 +5,14 @@ Each is a few lines of ordinary Keras around `keras_kd.Distiller`; copy one
 when you need more control.
 """
 
+import json
+import os
+import shutil
 import sys
 
 import keras
 
+from keras_kd import _files
 from keras_kd import models
 from keras_kd.distiller import DEFAULT_ALPHA
 from keras_kd.distiller import DEFAULT_TEMPERATURE
@@ -91,6 +95,7 @@ def train_teacher(
     epochs=40,
     learning_rate=3e-3,
     validation_data=None,
+    callbacks=None,
     verbose="auto",
 ):
     """Trains the reference CNN teacher (`keras_kd.models.cnn_teacher`).
@@ -101,6 +106,7 @@ def train_teacher(
         epochs: Number of epochs.
         learning_rate: Initial learning rate (cosine-decayed).
         validation_data: Optional `(x, y)` dataset evaluated each epoch.
+        callbacks: Optional Keras callbacks, e.g. `backup(...)`.
         verbose: `"auto"`, 0, 1 or 2.
 
     Returns:
@@ -113,6 +119,7 @@ def train_teacher(
         epochs=epochs,
         learning_rate=learning_rate,
         validation_data=validation_data,
+        callbacks=callbacks,
         verbose=verbose,
     )
     return teacher, history
@@ -165,3 +172,118 @@ def distill(
         shuffle=False,  # tf.data pipelines shuffle themselves.
     )
     return distiller, history
+
+
+BACKUP_FOLDER = ".backup"
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` that says when it resumes a run.
+
+    Backs the training state (weights, optimizer, epoch) up to `backup_dir`
+    at the end of every epoch. A `fit` that finds a backup of an unfinished
+    run resumes from it, saying so on stderr; a run that finishes deletes
+    its backup, and the `.backup` folder above it once empty.
+
+    With `resume=False` an earlier backup is deleted first (with a notice),
+    so the run starts over.
+
+    Resuming continues the same optimizer and learning-rate schedule from
+    the last finished epoch. A `tf.data` pipeline that reshuffles each epoch
+    starts its shuffling over in the new process, so the remaining epochs
+    see other orders than an uninterrupted run would (with a fixed order
+    the result is the same, see the README).
+
+    Args:
+        backup_dir: Folder of this run's backup, used by no other run.
+        resume: Whether to resume from a backup found there. Defaults to
+            `True`.
+        description: What trains, for messages, e.g. `"the distillation"`.
+        **kwargs: Other arguments of `keras.callbacks.BackupAndRestore`.
+
+    Raises:
+        ValueError: at the start of `fit`, if the backup does not match the
+            model (e.g. another architecture); it names the folder.
+
+    Example:
+
+    >>> backup = keras_kd.training.ResumableBackup("out/.backup/distill")
+    >>> distiller.fit(data, epochs=40, callbacks=[backup])
+    """
+
+    def __init__(self, backup_dir, *, resume=True, description="training",
+                 **kwargs):
+        backup_dir = os.fspath(backup_dir)
+        super().__init__(backup_dir, **kwargs)
+        self.description = description
+        if not resume and os.path.exists(backup_dir):
+            _files.say(
+                f"starting {description} over: deleting the backup of an "
+                f"unfinished run in {backup_dir}"
+            )
+            shutil.rmtree(backup_dir)
+
+    def on_train_begin(self, logs=None):
+        epoch = _backed_up_epoch(
+            os.path.join(self.backup_dir, "training_metadata.json")
+        )
+        if epoch is not None:
+            epochs = (self.params or {}).get("epochs", "?")
+            _files.say(
+                f"resuming {self.description} after epoch {epoch} of "
+                f"{epochs} from the backup in {self.backup_dir} (pass "
+                "--no-resume, or resume=False, to start over)"
+            )
+        try:
+            super().on_train_begin(logs)
+        except (ValueError, OSError, KeyError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error) else ""
+            raise ValueError(
+                f"Could not resume {self.description} from the backup in "
+                f"{self.backup_dir}: it does not match this run "
+                f"({type(error).__name__}: {reason[:200]}). Delete the folder "
+                "or start over with --no-resume (resume=False). Received: "
+                f"backup_dir={self.backup_dir!r}"
+            ) from None
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        parent = os.path.dirname(os.path.abspath(self.backup_dir))
+        if os.path.basename(parent) == BACKUP_FOLDER:
+            try:
+                os.rmdir(parent)  # Only when empty.
+            except OSError:
+                pass
+
+
+def _backed_up_epoch(metadata_path):
+    """The number of finished epochs a backup holds, or None if none."""
+    try:
+        with open(metadata_path) as f:
+            return int(json.load(f)["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def backup(output_dir, name, *, resume=True, description=None):
+    """A `ResumableBackup` in `output_dir/.backup/name`, as a callbacks list.
+
+    The `keras-kd` commands and the demos give each training run one, so
+    that a run killed mid-way resumes when the command is run again.
+
+    Args:
+        output_dir: The run's output folder.
+        name: The run's name in it, e.g. `"distill"`.
+        resume: Whether to resume from an unfinished run's backup.
+        description: What trains, for messages. Defaults to `name`.
+
+    Returns:
+        A list holding the callback, for `callbacks=`.
+    """
+    return [
+        ResumableBackup(
+            os.path.join(output_dir, BACKUP_FOLDER, name),
+            resume=resume,
+            description=description or name,
+        )
+    ]
