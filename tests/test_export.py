@@ -8,10 +8,8 @@ the largest differences over 256 test samples were 1.1e-5 (SavedModel)
 and 1.5e-5 (TFLite), and every predicted class was the same.
 """
 
-import os
 import warnings
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
