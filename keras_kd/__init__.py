@@ -2,7 +2,12 @@
 
 The public API is what this module exports:
 
-- `Distiller`: a `keras.Model` that trains a student from a teacher.
+- `Distiller`: a `keras.Model` that trains a student from a teacher, an
+  ensemble of teachers, or (`mode="reverse"`) a weaker teacher.
+- `cache_teacher_outputs`: runs the teacher(s) once over a fixed transfer
+  set, so that later epochs and tuner trials skip them.
+- `ensemble`: `ensemble_logits`, the soft target of a teacher ensemble as
+  equivalent logits.
 - `losses`: the soft-target loss (`distillation_loss`, `DistillationLoss`).
 - `datasets`: offline MNIST-1D as a TFDS builder (importing keras_kd
   registers it, so `tfds.load("mnist1d")` works) and TFDS pipelines.
@@ -14,14 +19,18 @@ The public API is what this module exports:
 - `export_student`: the student as a TF SavedModel or a TFLite file.
 """
 
+from keras_kd import cache
 from keras_kd import datasets
+from keras_kd import ensemble
 from keras_kd import export
 from keras_kd import losses
 from keras_kd import measure
 from keras_kd import models
 from keras_kd import training
 from keras_kd import tuning
+from keras_kd.cache import cache_teacher_outputs
 from keras_kd.distiller import Distiller
+from keras_kd.ensemble import ensemble_logits
 from keras_kd.export import ExportedStudent
 from keras_kd.export import export_student
 from keras_kd.losses import DistillationLoss
@@ -39,8 +48,12 @@ __all__ = [
     "DistillerHyperModel",
     "ExportedStudent",
     "LogitMatchingLoss",
+    "cache",
+    "cache_teacher_outputs",
     "datasets",
     "distillation_loss",
+    "ensemble",
+    "ensemble_logits",
     "export",
     "export_student",
     "logit_matching_loss",

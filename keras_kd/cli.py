@@ -6,10 +6,19 @@ import sys
 
 _EPILOG = """examples:
   keras-kd demo
+  keras-kd demo --ensemble 3        # 3 CNN teachers, distilled as an ensemble
+  keras-kd demo --reverse           # the small MLP teaches the large CNN
   keras-kd train-teacher --dataset mnist1d --output saved_models/teacher.keras
   keras-kd distill --teacher saved_models/teacher.keras --temperature 2
+  keras-kd distill --teacher a.keras --teacher b.keras   # an ensemble
+  keras-kd export saved_models/demo/student.keras --format tflite
   keras-kd tune --trials 12 --tuner bayesian   # search T and alpha
 """
+_DEMO_OUTPUTS = {
+    "standard": "saved_models/demo",
+    "ensemble": "saved_models/demo_ensemble",
+    "reverse": "saved_models/demo_reverse",
+}
 
 
 def _positive_int(text):
@@ -42,13 +51,33 @@ def _resume_flag(parser):
                              "the default)")
 
 
-def _distill_flags(parser):
-    from keras_kd.distiller import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
+def _distill_flags(parser, reverse=False):
+    from keras_kd.distiller import (
+        DEFAULT_ALPHA,
+        DEFAULT_TEMPERATURE,
+        REVERSE_ALPHA,
+        REVERSE_TEMPERATURE,
+    )
 
-    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
-                        help=f"soft-target temperature T > 0 (default {DEFAULT_TEMPERATURE})")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
-                        help=f"weight of the hard-label loss in [0, 1] (default {DEFAULT_ALPHA})")
+    def_t = f"default {DEFAULT_TEMPERATURE:g}" + (
+        f"; {REVERSE_TEMPERATURE:g} with --reverse" if reverse else ""
+    )
+    def_a = f"default {DEFAULT_ALPHA:g}" + (
+        f"; {REVERSE_ALPHA:g} with --reverse" if reverse else ""
+    )
+    parser.add_argument("--temperature", type=float, default=None,
+                        help=f"soft-target temperature T > 0 ({def_t})")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help=f"weight of the hard-label loss in [0, 1] ({def_a})")
+
+
+def _at_least_two(text):
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(
+            f"expected at least 2 teachers (one is the plain demo), received {text!r}"
+        )
+    return value
 
 
 def build_parser():
@@ -60,18 +89,39 @@ def build_parser():
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="distil a CNN into an MLP on MNIST-1D and report")
+    demo = sub.add_parser(
+        "demo", help="distil a CNN into an MLP on MNIST-1D and report "
+        "(or an ensemble: --ensemble N, or reverse distillation: --reverse)")
     _common(demo)
-    _distill_flags(demo)
+    _distill_flags(demo, reverse=True)
+    kind = demo.add_mutually_exclusive_group()
+    kind.add_argument("--ensemble", type=_at_least_two, default=None, metavar="N",
+                      help="train N CNN teachers (seeds seed..seed+N-1) and distil "
+                           "them as an ensemble, next to teacher 0 alone")
+    kind.add_argument("--reverse", action="store_true",
+                      help="reverse distillation: train the MLP, then the CNN from "
+                           "scratch and with the MLP as teacher (mode='reverse')")
+    demo.add_argument("--ensemble-average", choices=["probabilities", "logits"],
+                      default="probabilities",
+                      help="with --ensemble: average the teachers' probabilities "
+                           "(default) or logits")
     demo.add_argument("--distill-batch-size", type=_positive_int, default=256)
-    demo.add_argument("--output", default="saved_models/demo", help="output folder")
-    demo.add_argument("--teacher-epochs", type=_positive_int, default=40)
-    demo.add_argument("--student-epochs", type=_positive_int, default=60)
-    demo.add_argument("--distill-epochs", type=_positive_int, default=40)
+    demo.add_argument("--output", default=None,
+                      help="output folder (default: "
+                           + ", ".join(f"{v} ({k})" for k, v in _DEMO_OUTPUTS.items())
+                           + ")")
+    demo.add_argument("--teacher-epochs", type=_positive_int, default=40,
+                      help="epochs of each CNN (with --reverse: of both CNN runs)")
+    demo.add_argument("--student-epochs", type=_positive_int, default=60,
+                      help="epochs of the MLP from scratch (with --reverse: the "
+                           "MLP teacher)")
+    demo.add_argument("--distill-epochs", type=_positive_int, default=40,
+                      help="epochs of each distillation into the MLP")
     demo.add_argument("--train-size", type=_positive_int, default=None,
                       help="use only this many training examples (quick runs)")
     demo.add_argument("--transfer-size", type=_positive_int, default=None,
                       help="use only about this many transfer examples (quick runs)")
+    _resume_flag(demo)
 
     teach = sub.add_parser("train-teacher", help="train the reference CNN teacher")
     _common(teach)
@@ -82,7 +132,9 @@ def build_parser():
     distill = sub.add_parser("distill", help="distil a saved teacher into a student")
     _common(distill)
     _distill_flags(distill)
-    distill.add_argument("--teacher", required=True, help="teacher .keras file")
+    distill.add_argument("--teacher", required=True, action="append",
+                         help="teacher .keras file; repeat the flag for an ensemble "
+                              "(the mean of the teachers' probabilities)")
     distill.add_argument("--student", default=None,
                          help="untrained student .keras file (default: the reference MLP)")
     distill.add_argument("--output", default="saved_models/distill", help="output folder")
@@ -147,24 +199,47 @@ def _verbose(value):
     return value if value == "auto" else int(value)
 
 
+def _run_demo(args, verbose):
+    from keras_kd import demo
+
+    kind = "reverse" if args.reverse else "ensemble" if args.ensemble else "standard"
+    common = dict(dataset=args.dataset, batch_size=args.batch_size,
+                  train_size=args.train_size, data_dir=args.data_dir,
+                  seed=args.seed, verbose=verbose)
+    # Unset flags keep each demo's own defaults.
+    for flag in ("temperature", "alpha"):
+        if getattr(args, flag) is not None:
+            common[flag] = getattr(args, flag)
+    output = args.output or _DEMO_OUTPUTS[kind]
+    common["resume"] = not args.no_resume
+    if kind == "reverse":
+        demo.run_reverse_demo(output, cnn_epochs=args.teacher_epochs,
+                              mlp_epochs=args.student_epochs, **common)
+        return
+    common.update(teacher_epochs=args.teacher_epochs,
+                  student_epochs=args.student_epochs,
+                  distill_epochs=args.distill_epochs,
+                  distill_batch_size=args.distill_batch_size,
+                  transfer_size=args.transfer_size)
+    if kind == "ensemble":
+        demo.run_ensemble_demo(output, num_teachers=args.ensemble,
+                               ensemble_average=args.ensemble_average, **common)
+    else:
+        demo.run_demo(output, **common)
+
+
 def _run(args):
     import keras
 
-    from keras_kd import Distiller, _files, datasets, demo, measure, models, training
+    from keras_kd import Distiller, _files, datasets, measure, models, training
 
     if args.command == "export":
         _run_export(args)
         return
+    _check_output(args)
     verbose = _verbose(args.verbose)
     if args.command == "demo":
-        demo.run_demo(
-            args.output, dataset=args.dataset, teacher_epochs=args.teacher_epochs,
-            student_epochs=args.student_epochs, distill_epochs=args.distill_epochs,
-            temperature=args.temperature, alpha=args.alpha, batch_size=args.batch_size,
-            distill_batch_size=args.distill_batch_size,
-            train_size=args.train_size, transfer_size=args.transfer_size,
-            data_dir=args.data_dir, seed=args.seed, verbose=verbose,
-        )
+        _run_demo(args, verbose)
         return
     if args.command == "tune":
         from keras_kd import tuning
@@ -187,12 +262,14 @@ def _run(args):
 
     keras.utils.set_random_seed(args.seed)
     if args.command == "distill":  # Check the inputs before any data work.
-        teacher = _files.load_model(args.teacher, argument="--teacher")
+        teachers = [_files.load_model(path, argument="--teacher")
+                    for path in args.teacher]
+        teacher = teachers[0] if len(teachers) == 1 else teachers
         student = None
         if args.student is not None:
             student = _files.load_model(args.student, argument="--student")
-        Distiller(student or models.mlp_student(teacher.input_shape[1:],
-                                                teacher.output_shape[-1]),
+        Distiller(student or models.mlp_student(teachers[0].input_shape[1:],
+                                                teachers[0].output_shape[-1]),
                   teacher, temperature=args.temperature, alpha=args.alpha)
     data = datasets.load(args.dataset, batch_size=args.batch_size,
                          data_dir=args.data_dir, seed=args.seed)
@@ -209,6 +286,7 @@ def _run(args):
         print(f"teacher test accuracy {accuracy:.4f}; saved to {args.output}")
         return
 
+    _check_models_fit_data(teachers, student, data, args.dataset)
     if student is None:
         student = models.mlp_student(data.input_shape, data.num_classes)
     transfer = datasets.transfer_set(args.dataset, batch_size=args.distill_batch_size,
@@ -235,6 +313,41 @@ def _run_export(args):
     exported = export.export_student(args.student, output, format=args.format)
     print(f"exported {args.student} as {exported.format} to {exported.path} "
           f"({exported.size_bytes:,} bytes)")
+
+
+def _check_output(args):
+    """Refuses an --output the command cannot write, before any training."""
+    output = args.output
+    if args.command == "train-teacher":
+        if not output.endswith(".keras"):
+            raise ValueError("Expected --output to be a `.keras` file path. "
+                             f"Received: --output={output!r}")
+        if os.path.isdir(output):
+            raise ValueError("Expected --output to be a `.keras` file path, not "
+                             f"a folder. Received: --output={output!r}")
+    elif output is not None and os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError("Expected --output to be a folder (it holds the run's "
+                         f"files); it is a file. Received: --output={output!r}")
+
+
+def _check_models_fit_data(teachers, student, data, dataset):
+    """Refuses models whose inputs or classes do not fit the dataset."""
+    for flag, model in [("--teacher", t) for t in teachers] + [("--student", student)]:
+        if model is None:
+            continue
+        input_shape = tuple(model.input_shape[1:])
+        if len(input_shape) == len(data.input_shape) and any(
+                a is not None and a != b for a, b in zip(input_shape, data.input_shape)):
+            raise ValueError(
+                f"Expected the {flag} model to take the inputs of dataset "
+                f"{dataset!r}, of shape {tuple(data.input_shape)}. Received: "
+                f"{flag} model {model.name!r} with input shape {input_shape}")
+        classes = model.output_shape[-1]
+        if classes is not None and classes != data.num_classes:
+            raise ValueError(
+                f"Expected the {flag} model to output one logit per class of "
+                f"dataset {dataset!r} ({data.num_classes}). Received: {flag} "
+                f"model {model.name!r} with {classes} outputs")
 
 
 def main(argv=None):

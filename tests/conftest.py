@@ -90,3 +90,40 @@ def mnist1d_data_dir(tmp_path_factory):
         patch.setattr(socket, "getaddrinfo", _no_network)
         tfds.builder("mnist1d", data_dir=path).download_and_prepare()
     return path
+
+
+def snapshot(model):
+    """Copies of all of `model`'s variables (BN statistics, seeds included)."""
+    return [(v.path, v.numpy().copy()) for v in model.variables]
+
+
+def assert_unchanged(before, model):
+    """Asserts `model`'s variables are bit-identical to a `snapshot`."""
+    after = snapshot(model)
+    assert [p for p, _ in before] == [p for p, _ in after]
+    for (path, old), (_, new) in zip(before, after):
+        np.testing.assert_array_equal(old, new, err_msg=path)
+
+
+def fixed_logits_model(weights, *, softmax=False, name=None):
+    """A teacher whose pre-softmax logits are `x @ weights` (no bias)."""
+    weights = np.asarray(weights, dtype="float32")
+    model = keras.Sequential(
+        [
+            keras.Input((weights.shape[0],)),
+            keras.layers.Dense(
+                weights.shape[1], use_bias=False,
+                activation="softmax" if softmax else None,
+            ),
+        ],
+        name=name,
+    )
+    model.layers[-1].set_weights([weights])
+    return model
+
+
+def json_config(model):
+    """`model.get_config()` as it reads back from JSON (tuples become lists)."""
+    import json
+
+    return json.loads(json.dumps(model.get_config()))

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 from conftest import tiny_data, tiny_model
 
-import keras_kd
+import keras_kd  # noqa: F401
 from keras_kd.cache import cache_size_bytes, cache_teacher_outputs
 
 
@@ -63,3 +63,34 @@ def test_empty_dataset_is_refused():
     empty = tf.data.Dataset.from_tensor_slices(np.zeros((0, 8), "float32")).batch(4)
     with pytest.raises(ValueError, match="empty dataset"):
         cache_teacher_outputs(tiny_model(), empty)
+
+
+@pytest.mark.parametrize("num_teachers", [1, 3])
+def test_cached_training_equals_uncached(num_teachers):
+    x, y = tiny_data(n=96)
+    teachers = [tiny_model(seed=10 + i, hidden=24, norm=True) for i in range(num_teachers)]
+    teacher = teachers[0] if num_teachers == 1 else teachers
+    histories, weights = [], []
+    for data in (
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(32),
+        cache_teacher_outputs(teacher, x, y, batch_size=32, shuffle=False),
+    ):
+        distiller = keras_kd.Distiller(tiny_model(seed=2), teacher, temperature=3.0, alpha=0.3)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.1), metrics=["accuracy"])
+        h = distiller.fit(data, epochs=3, verbose=0, validation_data=data)
+        histories.append(h.history)
+        weights.append(distiller.student.get_weights())
+    assert set(histories[0]) == set(histories[1])
+    for key in histories[0]:
+        np.testing.assert_allclose(histories[1][key], histories[0][key], rtol=1e-5, err_msg=key)
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_cache_from_other_teachers_is_refused():
+    x, y = tiny_data()
+    data = cache_teacher_outputs([tiny_model(seed=1), tiny_model(seed=3)], x, y)
+    distiller = keras_kd.Distiller(tiny_model(seed=2), tiny_model(seed=1))
+    distiller.compile()
+    with pytest.raises(ValueError, match=r"2 teacher\(s\), but this Distiller has 1"):
+        distiller.fit(data, verbose=0)

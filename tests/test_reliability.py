@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from conftest import numpy_soft_loss, tiny_data, tiny_model
 
-import keras_kd
 from keras_kd import Distiller
 from keras_kd import cli
 from keras_kd import training
@@ -192,6 +191,27 @@ def test_cli_distill_resumes_an_unfinished_run(mnist1d_data_dir, tmp_path, capsy
         cli.main(argv + ["--no-resume"])
     assert "starting the distillation over" in capsys.readouterr().err
     assert not backup.exists()
+
+
+def test_demo_backs_every_training_run_up(mnist1d_data_dir, tmp_path, monkeypatch):
+    from keras_kd import demo
+
+    seen = {}
+
+    def fake_train_teacher(*args, callbacks=None, **kwargs):
+        seen["teacher"] = callbacks
+        raise Interrupt()
+
+    monkeypatch.setattr(training, "train_teacher", fake_train_teacher)
+    with pytest.raises(Interrupt):
+        demo.run_demo(str(tmp_path / "demo"), data_dir=mnist1d_data_dir,
+                      train_size=64, transfer_size=256, verbose=0)
+    (backup,) = seen["teacher"]
+    assert isinstance(backup, training.ResumableBackup)
+    assert backup.backup_dir == str(tmp_path / "demo" / ".backup" / "teacher")
+    with pytest.raises(Interrupt):
+        demo.run_demo(str(tmp_path / "demo"), data_dir=mnist1d_data_dir,
+                      train_size=64, transfer_size=256, verbose=0, resume=False)
 
 
 def test_model_checkpoint_keras_and_weights_formats(tmp_path):
