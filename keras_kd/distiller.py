@@ -733,14 +733,7 @@ class Distiller(keras.Model):
             [tuple(z.shape[1:]) for z in logits],
         )
         return _with_mask(
-            ops.stop_gradient(
-                kd_ensemble.ensemble_logits(
-                    logits,
-                    weights=self._normalized_weights,
-                    temperature=self.temperature,
-                    average=self.ensemble_average,
-                )
-            ),
+            ops.stop_gradient(self._combine_teachers(logits)),
             masks,
         )
 
@@ -829,16 +822,19 @@ class Distiller(keras.Model):
                 f"shape {tuple(cached.shape)}"
             )
         logits = [cached[:, i] for i in range(cached.shape[1])]
-        if self.is_ensemble:
-            combined = kd_ensemble.ensemble_logits(
-                logits,
-                weights=self._normalized_weights,
-                temperature=self.temperature,
-                average=self.ensemble_average,
-            )
-        else:
-            combined = logits[0]
+        combined = self._combine_teachers(logits)
         return ops.stop_gradient(combined), y.get(kd_cache.LABELS)
+
+    def _combine_teachers(self, logits):
+        """One teacher's logits as they are; an ensemble's combined at T."""
+        if not self.is_ensemble:
+            return logits[0]
+        return kd_ensemble.ensemble_logits(
+            logits,
+            weights=self._normalized_weights,
+            temperature=self.temperature,
+            average=self.ensemble_average,
+        )
 
     def _metrics_result(self, y, student_logits, sample_weight):
         if y is not None and self._compile_metrics is not None:
