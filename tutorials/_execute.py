@@ -276,6 +276,8 @@ _NOISE = re.compile(
 
 
 def _drop_noise(nb):
+    """Drops TensorFlow's start-up noise; shortens local paths in stderr."""
+    local = (os.path.join(REPO, ""), os.path.join(sys.prefix, ""))
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -283,7 +285,10 @@ def _drop_noise(nb):
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream" and output.get("name") == "stderr":
                 lines = output["text"].splitlines(keepends=True)
-                output["text"] = "".join(l for l in lines if not _NOISE.match(l))
+                text = "".join(l for l in lines if not _NOISE.match(l))
+                for prefix in local:
+                    text = text.replace(prefix, "")
+                output["text"] = text
                 if not output["text"].strip():
                     continue
             kept.append(output)
@@ -331,6 +336,7 @@ def refresh(name, *, data_dir=None):
 
 
 def main(argv=None):
+    """Command line: refreshes the named notebooks (all by default)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help="notebooks (default: all)")
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir")
