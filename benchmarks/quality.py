@@ -1,12 +1,23 @@
 """What soft targets add: teacher, scratch, soft-distilled and hard-pseudo-label
 students, mean ± std over seeds, on MNIST-1D and on real MNIST digits.
 
-    .venv/bin/python benchmarks/quality.py            # both datasets, seeds 0 1 2
+    .venv/bin/python benchmarks/quality.py            # every suite, seeds 0 1 2
+    .venv/bin/python benchmarks/quality.py --datasets mnist1d-scarce
     .venv/bin/python benchmarks/quality.py --quick    # a smoke run
 
-Real digits come from ../shared/data/mnist-t10k (its README fixes the split:
-even indices train, odd indices test); that part is skipped when the folder is
-absent. Writes benchmarks/quality.json.
+Suites:
+  mnist1d         MNIST-1D, transfer set = train + the 25,000 unlabelled
+                  `transfer` inputs (29,000)
+  mnist1d-scarce  MNIST-1D, transfer set = the 4,000 train inputs only
+  mnist-t10k      real MNIST digits from ../shared/data/mnist-t10k (its
+                  README fixes the split: even indices train, odd indices
+                  test), transfer set = the 5,000 train images; skipped when
+                  the folder is absent
+
+Every student sees the same transfer inputs for the same number of epochs:
+soft targets (the Distiller, default T and alpha, no labels) against the
+teacher's argmax as hard labels (plain cross-entropy). Writes
+benchmarks/quality.json, replacing only the suites it ran (and saying so).
 """
 
 import argparse
@@ -23,6 +34,7 @@ from _common import load_mnist_t10k, mean_std
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROWS = ("teacher", "student_scratch", "student_soft", "student_hard_pseudo")
+SUITES = ("mnist1d", "mnist1d-scarce", "mnist-t10k")
 
 
 def _batches(x, y=None, batch_size=64, seed=0):
@@ -76,28 +88,42 @@ def run_seed(data, transfer_x, seed, epochs, input_shape, num_classes):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--datasets", default="mnist1d,mnist-t10k")
+    parser.add_argument("--datasets", default=",".join(SUITES),
+                        help="comma-separated suites: " + ", ".join(SUITES))
     parser.add_argument("--quick", action="store_true", help="1 epoch each, small data")
-    parser.add_argument("--output", default=os.path.join(HERE, "quality.json"))
+    parser.add_argument("--output", default=None,
+                        help="default benchmarks/quality.json "
+                             "(benchmarks/quality.quick.json with --quick)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.output is None:
+        name = "quality.quick.json" if args.quick else "quality.json"
+        args.output = os.path.join(HERE, name)
 
+    wanted = args.datasets.split(",")
+    unknown = sorted(set(wanted) - set(SUITES))
+    if unknown:
+        parser.error(f"unknown suites {unknown}; expected some of {SUITES}")
     suites = {}
-    if "mnist1d" in args.datasets:
-        x, y = keras_kd.datasets.load_mnist1d("train")
-        xt, yt = keras_kd.datasets.load_mnist1d("test")
+    x, y = keras_kd.datasets.load_mnist1d("train")
+    mnist1d = {"train": (x, y), "test": keras_kd.datasets.load_mnist1d("test")}
+    if "mnist1d" in wanted:
         transfer_x = np.concatenate([x, keras_kd.datasets.load_mnist1d("transfer")])
         suites["mnist1d"] = (
-            {"train": (x, y), "test": (xt, yt)}, transfer_x, (40,),
+            mnist1d, transfer_x, (40,),
             {"teacher": 40, "student": 60, "distill": 40},
         )
-    mnist = load_mnist_t10k() if "mnist-t10k" in args.datasets else None
+    if "mnist1d-scarce" in wanted:  # about as many steps as on 29,000
+        suites["mnist1d-scarce"] = (
+            mnist1d, x, (40,), {"teacher": 40, "student": 60, "distill": 250},
+        )
+    mnist = load_mnist_t10k() if "mnist-t10k" in wanted else None
     if mnist is not None:
         suites["mnist-t10k"] = (
             mnist, mnist["train"][0], (28, 28),
             {"teacher": 15, "student": 40, "distill": 60},
         )
-    elif "mnist-t10k" in args.datasets:
+    elif "mnist-t10k" in wanted:
         print("../shared/data/mnist-t10k not found: skipping real MNIST digits")
 
     report = {"seeds": seeds, "settings": {
@@ -117,8 +143,18 @@ def main():
             "epochs": epochs,
             "wall_time_s": round(time.perf_counter() - start, 1),
             **{row: mean_std(r[row] for r in runs) for row in ROWS},
+            "soft_minus_hard_paired": mean_std(
+                r["student_soft"] - r["student_hard_pseudo"] for r in runs),
         }
         print(format_table(name, report["datasets"][name]), flush=True)
+    if os.path.exists(args.output):
+        with open(args.output) as f:
+            earlier = json.load(f)
+        replaced = sorted(set(earlier.get("datasets", {})) & set(report["datasets"]))
+        if replaced:
+            print(f"replacing {replaced} in {args.output}")
+        earlier.setdefault("datasets", {}).update(report["datasets"])
+        report["datasets"] = earlier["datasets"]
     with open(args.output, "w") as f:
         json.dump(report, f, indent=2)
     print(f"wrote {args.output}")
@@ -131,6 +167,8 @@ def format_table(name, result):
     for row in ROWS:
         r = result[row]
         lines.append(f"  {row:<24}{100 * r['mean']:>22.2f} ± {100 * r['std']:.2f}")
+    d = result["soft_minus_hard_paired"]
+    lines.append(f"  {'soft - hard, paired':<24}{100 * d['mean']:>+22.2f} ± {100 * d['std']:.2f}")
     return "\n".join(lines)
 
 

@@ -5,13 +5,19 @@
 
 Every variant trains the same MLP student on the same MNIST-1D transfer set
 (train + transfer, 29,000 inputs, batch 256). One warm-up epoch each
-(tracing), then rounds that alternate the variants (A B C ... A B C ...);
-each variant's epoch time is the median over rounds:
+(tracing), then rounds that alternate the variants (A B C ... A B C ...,
+each round starting one variant later, so that no variant always follows
+the same one); each variant's epoch time is the median over rounds:
 
-  a  student alone, cross-entropy on labels: the floor
+  a  student alone, cross-entropy on labels, on a shuffled tf.data
+     pipeline of the arrays: the floor
+  a_arrays  the same student, Model.fit on the numpy arrays
   b  keras_kd.Distiller, teacher run every batch (uncached)
-  c  keras_kd.Distiller on cached teacher outputs
+  c  keras_kd.Distiller on cached teacher outputs (arrays given)
   c_xla  the same with jit_compile=True
+  c_dataset  cached from an unshuffled tf.data.Dataset (held in memory)
+  c_streamed  the same, memory limit too small for the inputs: they
+     stream from the source each epoch, only the outputs are held
   d  keras.distillation.Distiller, LogitsDistillation(loss=KLDivergence())
   e_uncached / e_cached  3-teacher ensemble
 
@@ -59,17 +65,28 @@ def build_variants(teachers, X, Y):
     a = _student()
     a.compile(optimizer="adam",
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    variants["a"] = (a, labelled)
+    variants["a"] = (a, {"x": labelled})
+
+    a_arrays = _student()
+    a_arrays.compile(optimizer="adam",
+                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    variants["a_arrays"] = (a_arrays, {"x": X, "y": Y, "batch_size": BATCH})
 
     def ours(teacher, data, **compile_kwargs):
         d = keras_kd.Distiller(_student(), teacher, temperature=T)
         d.compile(optimizer="adam", **compile_kwargs)
-        return d, data
+        return d, {"x": data}
 
     cached_one = keras_kd.cache_teacher_outputs(teachers[0], X, Y, batch_size=BATCH)
     variants["b"] = ours(teachers[0], labelled)
     variants["c"] = ours(teachers[0], cached_one)
     variants["c_xla"] = ours(teachers[0], cached_one, jit_compile=True)
+    source = tf.data.Dataset.from_tensor_slices((X, Y)).batch(BATCH)
+    variants["c_dataset"] = ours(teachers[0], keras_kd.cache_teacher_outputs(
+        teachers[0], source, batch_size=BATCH))
+    outputs = keras_kd.cache.cache_size_bytes(len(X), 10)
+    variants["c_streamed"] = ours(teachers[0], keras_kd.cache_teacher_outputs(
+        teachers[0], source, batch_size=BATCH, memory_limit_bytes=outputs + 1))
 
     from keras.distillation import Distiller as KerasDistiller
     from keras.distillation import LogitsDistillation
@@ -81,7 +98,7 @@ def build_variants(teachers, X, Y):
         student_loss_weight=0.1)
     d.compile(optimizer="adam",
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    variants["d"] = (d, labelled)
+    variants["d"] = (d, {"x": labelled})
 
     cached_three = keras_kd.cache_teacher_outputs(teachers, X, Y, batch_size=BATCH)
     variants["e_uncached"] = ours(teachers, labelled)
@@ -91,7 +108,7 @@ def build_variants(teachers, X, Y):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--output", default=os.path.join(HERE, "results.json"))
     args = parser.parse_args()
 
@@ -100,14 +117,17 @@ def main():
     Y = np.random.default_rng(0).integers(0, 10, len(X))  # cost only
     teachers = [_teacher(s, x, y) for s in range(3)]
     variants = build_variants(teachers, X, Y)
+    load_before = os.getloadavg()
 
     for model, data in variants.values():  # warm-up: tracing, caches
-        model.fit(data, epochs=1, verbose=0)
+        model.fit(**data, epochs=1, verbose=0)
+    names = list(variants)
     times = {name: [] for name in variants}
-    for _ in range(args.rounds):
-        for name, (model, data) in variants.items():
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            model, data = variants[name]
             start = time.perf_counter()
-            model.fit(data, epochs=1, verbose=0)
+            model.fit(**data, epochs=1, verbose=0)
             times[name].append(time.perf_counter() - start)
 
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -118,14 +138,26 @@ def main():
 
     ratios = {
         "b/a": ratio("b", "a"), "c/a": ratio("c", "a"),
+        "a_arrays/a": ratio("a_arrays", "a"),
+        "c_dataset/a": ratio("c_dataset", "a"),
+        "c_streamed/a": ratio("c_streamed", "a"),
         "c_xla/c": ratio("c_xla", "c"), "d/c": ratio("d", "c"),
         "b/d": ratio("b", "d"), "e_cached/a": ratio("e_cached", "a"),
         "e_uncached/a": ratio("e_uncached", "a"),
     }
     batch = X[:BATCH]
-    teacher_ms = keras_kd.measure.cpu_latency_ms(teachers[0], batch)
-    student_ms = keras_kd.measure.cpu_latency_ms(variants["c"][0].student, batch)
+    latency = {"teacher": [], "student": []}
+    for _ in range(args.rounds):  # alternating, 10 timed calls each time
+        for name, model in (("teacher", teachers[0]),
+                            ("student", variants["c"][0].student)):
+            latency[name].append(
+                keras_kd.measure.cpu_latency_ms(model, batch, repeats=10))
+    teacher_ms = statistics.median(latency["teacher"])
+    student_ms = statistics.median(latency["student"])
     report = {
+        "command": "python benchmarks/speed.py " + " ".join(
+            f"--{k} {v}" for k, v in vars(args).items() if k != "output"),
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "tensorflow": tf.__version__, "keras": keras.__version__},
         "examples_per_epoch": len(X), "batch_size": BATCH, "rounds": args.rounds,
@@ -137,6 +169,7 @@ def main():
     }
     with open(args.output, "w") as f:
         json.dump(report, f, indent=2)
+    print(f"load average before/after: {load_before} / {os.getloadavg()}")
     print(f"epoch seconds, median of {args.rounds} (min-max):")
     for k, v in times.items():
         print(f"  {k:<11}{med[k]:7.3f}  ({min(v):.3f}-{max(v):.3f})")

@@ -7,6 +7,7 @@ costs.
 """
 
 import math
+import numbers
 
 import keras
 import numpy as np
@@ -19,6 +20,8 @@ LABELS = "labels"
 
 # Above this many bytes of teacher outputs, `cache_teacher_outputs` refuses.
 DEFAULT_MEMORY_LIMIT_BYTES = 2 * 1024**3
+# Batch size of the cache of array inputs, unless given.
+DEFAULT_BATCH_SIZE = 256
 
 
 def cache_size_bytes(num_examples, num_classes, num_teachers=1):
@@ -31,54 +34,54 @@ def is_cached_batch(y):
     return isinstance(y, dict) and TEACHER_LOGITS in y
 
 
-def _as_dataset(x, y, batch_size):
-    """Unbatched-order, batched dataset over arrays, or the dataset as is."""
-    if isinstance(x, tf.data.Dataset):
-        if y is not None:
-            raise ValueError(
-                "Pass `y` only with array inputs; a dataset carries its own "
-                f"labels. Received: y of type {type(y).__name__}"
-            )
-        return x
-    x = np.asarray(x)
-    items = x if y is None else (x, np.asarray(y))
-    return tf.data.Dataset.from_tensor_slices(items).batch(batch_size)
-
-
 def _split(batch):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
     return x, y, sample_weight
 
 
-def _first_inputs(dataset):
-    for batch in dataset.take(1):
-        return _split(batch)[0]
-    raise ValueError(
+def _empty_error():
+    return ValueError(
         "Expected a dataset with at least one batch to cache teacher "
         "outputs for. Received: an empty dataset"
     )
 
 
-def _check_memory(num_examples, num_classes, teachers, limit):
+def _first_inputs(dataset):
+    for batch in dataset.take(1):
+        return _split(batch)[0]
+    raise _empty_error()
+
+
+def _check_memory(num_examples, num_classes, teachers, limit, so_far=False):
     size = cache_size_bytes(num_examples, num_classes, len(teachers))
     if size > limit:
+        counted = (
+            "the dataset's size is unknown, and its first "
+            if so_far else ""
+        )
         raise ValueError(
             "The teacher-output cache would exceed its memory limit: "
-            f"{num_examples} examples x {len(teachers)} teacher(s) x "
+            f"{counted}{num_examples} examples x {len(teachers)} teacher(s) x "
             f"{num_classes} classes x 4 bytes = {size} bytes. Distil without "
             "a cache, use fewer examples, or raise the limit. Received: "
             f"memory_limit_bytes={limit}"
         )
 
 
-def _check_deterministic(dataset):
-    """Refuses a dataset whose inputs differ between two passes."""
-    first, second = _first_inputs(dataset), _first_inputs(dataset)
-    same = all(
+def _same_inputs(first, second):
+    return all(
         a.shape == b.shape and np.array_equal(np.asarray(a), np.asarray(b))
         for a, b in zip(tf.nest.flatten(first), tf.nest.flatten(second))
     )
-    if not same:
+
+
+def _check_deterministic(dataset, first):
+    """Refuses a dataset whose first batch differs on a second pass.
+
+    Runs after the full teacher pass: a partial first read of a dataset
+    with a lazily filled `Dataset.cache()` could truncate that cache.
+    """
+    if not _same_inputs(first, _first_inputs(dataset)):
         raise ValueError(
             "The dataset gives different inputs on two passes (it is "
             "shuffled or randomly augmented), so cached teacher outputs "
@@ -89,12 +92,174 @@ def _check_deterministic(dataset):
         )
 
 
+def _known_size(dataset):
+    """Examples in a dataset of known cardinality and batch size, or None."""
+    batches = int(dataset.cardinality())
+    spec = tf.nest.flatten(dataset.element_spec)[0]
+    if batches < 0 or not spec.shape or spec.shape[0] is None:
+        return None
+    return batches * spec.shape[0]  # at most: the last batch may be short
+
+
+def _teacher_pass_fn(teachers, teacher_outputs):
+    from keras_kd.distiller import emits_probabilities  # avoid a cycle
+
+    from_probs = [
+        teacher_outputs == "probabilities"
+        or (teacher_outputs == "auto" and emits_probabilities(t))
+        for t in teachers
+    ]
+
+    @tf.function(reduce_retracing=True)
+    def teacher_pass(inputs):
+        outputs = []
+        for model, probs in zip(teachers, from_probs):
+            z = model(inputs, training=False)
+            if probs:
+                z = kd_losses.probabilities_to_logits(z)
+            outputs.append(tf.cast(z, "float32"))
+        return tf.stack(outputs, axis=1)
+
+    return teacher_pass
+
+
+def _progress(batches, verbose):
+    """The batches, with a Keras progress bar of the teacher pass if verbose."""
+    if not verbose:
+        yield from batches
+        return
+    total = int(batches.cardinality())
+    bar = keras.utils.Progbar(total if total >= 0 else None, unit_name="batch")
+    for step, batch in enumerate(batches, 1):
+        yield batch
+        bar.update(step)
+
+
+def _cache_arrays(x, y, teacher_pass, check_memory, batch_size, verbose):
+    """`(columns, number of examples)` for in-memory arrays."""
+    x = tf.nest.map_structure(np.asarray, x)
+    num_examples = len(tf.nest.flatten(x)[0])
+    if num_examples == 0:
+        raise _empty_error()
+    check_memory(num_examples)
+    batches = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
+    logits = np.concatenate(
+        [teacher_pass(b).numpy() for b in _progress(batches, verbose)]
+    )
+    return _columns(x, y, None, logits), num_examples
+
+
+def _columns(x, y, sample_weight, logits):
+    """The `(x, targets[, sample_weight])` structure of cached examples."""
+    targets = {TEACHER_LOGITS: logits}
+    if y is not None:
+        targets[LABELS] = y
+    return (x, targets) if sample_weight is None else (x, targets, sample_weight)
+
+
+def _gather_batches(columns, num_examples, *, batch_size, shuffle, seed):
+    """Batches gathered from in-memory arrays by (shuffled) indices.
+
+    As `Model.fit` does with arrays: the indices are shuffled each epoch
+    and each batch is one `gather` per array, so an epoch costs about what
+    the student's own epoch costs (slicing the arrays into per-example
+    elements, then batching them again, cost twice as much in
+    `benchmarks/speed.py`).
+    """
+    tensors = tf.nest.map_structure(tf.convert_to_tensor, columns)
+    indices = tf.data.Dataset.range(num_examples)
+    if shuffle:
+        indices = indices.shuffle(
+            num_examples, seed=seed, reshuffle_each_iteration=True
+        )
+
+    def gather(batch_indices):
+        return tf.nest.map_structure(
+            lambda t: tf.gather(t, batch_indices), tensors
+        )
+
+    return indices.batch(batch_size).map(
+        tf.autograph.experimental.do_not_convert(gather),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def _as_numpy(batch):
+    """A batch's dense tensors as numpy arrays; None if any is not dense."""
+    parts = tf.nest.flatten(batch)
+    if not all(isinstance(t, tf.Tensor) for t in parts):
+        return None  # ragged or sparse: streamed instead
+    return tf.nest.pack_sequence_as(batch, [t.numpy() for t in parts])
+
+
+def _concatenate(held):
+    """One array per component of the held batches; None if shapes vary."""
+    try:
+        return tf.nest.map_structure(
+            lambda *parts: np.concatenate(parts, axis=0), *held
+        )
+    except ValueError:  # e.g. padded batches of different lengths
+        return None
+
+
+def _cache_dataset(dataset, teacher_pass, check_memory, limit, verbose):
+    """Teacher pass over a dataset: `(columns, elements, examples, batch)`.
+
+    Its examples are held in memory, as `columns` for `_gather_batches`,
+    when they fit in `limit` bytes together with the teacher outputs;
+    otherwise `columns` is None and `elements` streams the inputs from the
+    dataset on every epoch, attaching the outputs held in memory. `batch`
+    is the size of the dataset's first batch.
+    """
+    known = _known_size(dataset)
+    if known is not None:  # Refuse before the teacher pass.
+        check_memory(known)
+    zs, held, held_bytes, first, num_examples = [], [], 0, None, 0
+    outputs_bytes = 0
+    for batch in _progress(dataset, verbose):
+        inputs = _split(batch)[0]
+        if first is None:
+            first = tf.nest.map_structure(np.asarray, inputs)
+        z = teacher_pass(inputs).numpy()
+        num_examples += len(z)
+        check_memory(num_examples, so_far=True)
+        zs.append(z)
+        outputs_bytes += z.nbytes
+        if held is not None:
+            arrays = _as_numpy(batch)
+            if arrays is not None:
+                held_bytes += sum(a.nbytes for a in tf.nest.flatten(arrays))
+            if arrays is None or held_bytes + outputs_bytes > limit:
+                held = None  # too large, or not dense: stream instead
+            else:
+                held.append(arrays)
+    if not zs:
+        raise _empty_error()
+    _check_deterministic(dataset, first)
+    logits = np.concatenate(zs, axis=0)
+    examples = _concatenate(held) if held else None
+    del held
+    first_size = len(zs[0])
+    if examples is not None:
+        return _columns(*_split(examples), logits), None, num_examples, first_size
+
+    def attach(example, z):
+        # The inputs stream from the source; only the logits are in memory.
+        return _columns(*_split(example), z)
+
+    elements = tf.data.Dataset.zip(
+        (dataset.unbatch(), tf.data.Dataset.from_tensor_slices(logits))
+    ).map(attach)
+    return None, elements, num_examples, first_size
+
+
 def cache_teacher_outputs(
     teacher,
     x,
     y=None,
     *,
-    batch_size=256,
+    batch_size=None,
     shuffle=True,
     shuffle_buffer=50_000,
     seed=0,
@@ -114,34 +279,48 @@ def cache_teacher_outputs(
     keras-tuner trials) without running the teachers again.
 
     The inputs must be fixed: the same on every pass. A dataset that is
-    shuffled or randomly augmented is detected (two passes over its first
-    batch differ) and refused. Random augmentation applied *after* this
-    function (a `map` on its result, or augmentation layers inside the
-    student) cannot be detected here: do not do it, since the teacher
-    would not see the student's augmented inputs and its cached targets
-    would be stale (Beyer et al., "Knowledge distillation: A good teacher
+    shuffled or randomly augmented is detected (its first batch differs
+    on a second read, made after the teacher pass so as not to truncate a
+    lazily filled `Dataset.cache()`) and refused. Random augmentation
+    applied *after* this function (a `map` on its result, or augmentation
+    layers inside the student) cannot be detected here: do not do it, since
+    the teacher would not see the student's augmented inputs and its
+    cached targets would be stale (Beyer et al., "Knowledge distillation: A good teacher
     is patient and consistent", CVPR 2022).
 
-    Memory: only the outputs are held, `examples x teachers x classes x 4`
+    Memory: the teacher outputs take `examples x teachers x classes x 4`
     bytes (`cache_size_bytes`; 29,000 MNIST-1D examples x 10 classes: 1.2
-    MB); the inputs stream from `x` as before. Above `memory_limit_bytes`
-    the cache is refused with a message saying what it costs, before the
-    teacher pass when the dataset's size is known.
+    MB). Array inputs stay in memory, where they are, and each batch is
+    gathered from them by shuffled indices, as `Model.fit` does with
+    arrays, so a cached epoch costs about what the student's own epoch
+    costs. A dataset's examples are read into memory too during the
+    teacher pass when they fit in `memory_limit_bytes` together with the
+    outputs (and are dense tensors of fixed shape); otherwise they stream
+    from the dataset on every epoch (from disk, for TFDS) and only the
+    outputs are held, which is slower per epoch. When even the outputs
+    exceed `memory_limit_bytes`, the cache is refused with a message
+    saying what it costs, before the teacher pass when the number of
+    examples is known (arrays, or a dataset of known cardinality and batch
+    size).
 
     Args:
         teacher: A trained `keras.Model`, or a list of them (an ensemble).
         x: Input array(s), or a finite, unshuffled `tf.data.Dataset` of
             batches of `x`, `(x, y)` or `(x, y, sample_weight)`.
         y: Labels for array `x`; `None` for an unlabelled transfer set.
-        batch_size: Batch size of the teacher pass (array inputs) and of
-            the returned dataset.
+        batch_size: Batch size of the returned dataset (and of the teacher
+            pass over arrays). `None`: a dataset's own batch size (that of
+            its first batch), or 256 for arrays.
         shuffle: Whether the returned dataset reshuffles each epoch.
-        shuffle_buffer: Largest shuffle buffer, in examples.
+        shuffle_buffer: Largest shuffle buffer, in examples, for a
+            dataset `x`. Arrays are always shuffled in full.
         seed: Seed of the shuffling.
-        memory_limit_bytes: Largest in-memory cache allowed.
+        memory_limit_bytes: Most bytes the cache may hold in memory: the
+            teacher outputs must fit, and a dataset's examples are held
+            only if they fit too.
         teacher_outputs: `"auto"`, `"logits"` or `"probabilities"`, as in
             `Distiller`; probabilities are stored as log-probabilities.
-        verbose: Verbosity of the teacher pass (0 or 1).
+        verbose: 1 shows a progress bar of the teacher pass; 0 is silent.
 
     Returns:
         A batched, prefetched `tf.data.Dataset` for `Distiller.fit`.
@@ -155,60 +334,55 @@ def cache_teacher_outputs(
     >>> data = keras_kd.cache_teacher_outputs(teacher, x_transfer)
     >>> distiller.fit(data, epochs=40)  # the teacher ran once, above
     """
-    from keras_kd.distiller import emits_probabilities  # avoid a cycle
-
     teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
-    dataset = _as_dataset(x, y, batch_size)
-    _check_deterministic(dataset)
-    from_probs = [
-        teacher_outputs == "probabilities"
-        or (teacher_outputs == "auto" and emits_probabilities(t))
-        for t in teachers
-    ]
-
-    @tf.function(reduce_retracing=True)
-    def teacher_pass(inputs):
-        outputs = []
-        for model, probs in zip(teachers, from_probs):
-            z = model(inputs, training=False)
-            if probs:
-                z = kd_losses.probabilities_to_logits(z)
-            outputs.append(tf.cast(z, "float32"))
-        return tf.stack(outputs, axis=1)
-
+    teacher_pass = _teacher_pass_fn(teachers, teacher_outputs)
     num_classes = teachers[0].output_shape[-1]
-    batches = int(dataset.cardinality())
-    if batches > 0:  # Refuse before the teacher pass when the size is known.
-        first = tf.nest.flatten(_first_inputs(dataset))[0]
-        _check_memory(batches * first.shape[0], num_classes, teachers,
-                      memory_limit_bytes)
-    zs, num_examples = [], 0
-    for batch in dataset:
-        z = teacher_pass(_split(batch)[0]).numpy()
-        num_examples += len(z)
-        _check_memory(num_examples, num_classes, teachers, memory_limit_bytes)
-        zs.append(z)
-    if not zs:
+
+    def check_memory(num_examples, so_far=False):
+        _check_memory(
+            num_examples, num_classes, teachers, memory_limit_bytes, so_far
+        )
+
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size <= 0
+    ):
         raise ValueError(
-            "Expected a dataset with at least one batch to cache teacher "
-            "outputs for. Received: an empty dataset"
+            "Expected `batch_size` to be a positive integer or None. "
+            f"Received: batch_size={batch_size!r}"
         )
-    logits = tf.data.Dataset.from_tensor_slices(np.concatenate(zs, axis=0))
-
-    def attach(example, z):
-        # The inputs stream from the source; only the logits are in memory.
-        ex, ey, ew = _split(example)
-        targets = {TEACHER_LOGITS: z}
-        if ey is not None:
-            targets[LABELS] = ey
-        return (ex, targets) if ew is None else (ex, targets, ew)
-
-    cached = tf.data.Dataset.zip((dataset.unbatch(), logits)).map(attach)
-    if shuffle:
-        cached = cached.shuffle(
-            min(num_examples, shuffle_buffer), seed=seed,
-            reshuffle_each_iteration=True,
+    if not isinstance(verbose, (bool, int)) or verbose not in (0, 1):
+        raise ValueError(
+            f"Expected `verbose` to be 0 or 1. Received: verbose={verbose!r}"
         )
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError(
+                "Pass `y` only with array inputs; a dataset carries its own "
+                f"labels. Received: y of type {type(y).__name__}"
+            )
+        columns, elements, num_examples, first_batch = _cache_dataset(
+            x, teacher_pass, check_memory, memory_limit_bytes, verbose
+        )
+        batch_size = batch_size or first_batch
+    else:
+        batch_size = batch_size or DEFAULT_BATCH_SIZE
+        columns, num_examples = _cache_arrays(
+            x, y, teacher_pass, check_memory, batch_size, verbose
+        )
+    if columns is not None:
+        cached = _gather_batches(
+            columns, num_examples,
+            batch_size=batch_size, shuffle=shuffle, seed=seed,
+        )
+    else:
+        if shuffle:
+            elements = elements.shuffle(
+                min(num_examples, shuffle_buffer), seed=seed,
+                reshuffle_each_iteration=True,
+            )
+        cached = elements.batch(batch_size)
     steps = math.ceil(num_examples / batch_size)
-    cached = cached.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    cached = cached.prefetch(tf.data.AUTOTUNE)
     return cached.apply(tf.data.experimental.assert_cardinality(steps))

@@ -71,6 +71,14 @@ def _distill_flags(parser, reverse=False):
                         help=f"weight of the hard-label loss in [0, 1] ({def_a})")
 
 
+def _cache_flag(parser, note=""):
+    parser.add_argument(
+        "--no-cache", action="store_true",
+        help="run the teacher on every batch instead of once over the fixed "
+             "transfer set (the default caches its outputs: the same "
+             f"distillation, several times faster per epoch){note}")
+
+
 def _at_least_two(text):
     value = _positive_int(text)
     if value < 2:
@@ -122,6 +130,8 @@ def build_parser():
     demo.add_argument("--transfer-size", type=_positive_int, default=None,
                       help="use only about this many transfer examples (quick runs)")
     _resume_flag(demo)
+    _cache_flag(demo, note="; --reverse always runs its small MLP teacher "
+                           "on every batch")
 
     teach = sub.add_parser("train-teacher", help="train the reference CNN teacher")
     _common(teach)
@@ -141,6 +151,7 @@ def build_parser():
     distill.add_argument("--epochs", type=_positive_int, default=40)
     distill.add_argument("--distill-batch-size", type=_positive_int, default=256)
     _resume_flag(distill)
+    _cache_flag(distill)
 
     export = sub.add_parser(
         "export", help="export a student .keras file as a TF SavedModel or a "
@@ -220,7 +231,8 @@ def _run_demo(args, verbose):
                   student_epochs=args.student_epochs,
                   distill_epochs=args.distill_epochs,
                   distill_batch_size=args.distill_batch_size,
-                  transfer_size=args.transfer_size)
+                  transfer_size=args.transfer_size,
+                  cache=not args.no_cache)
     if kind == "ensemble":
         demo.run_ensemble_demo(output, num_teachers=args.ensemble,
                                ensemble_average=args.ensemble_average, **common)
@@ -289,11 +301,14 @@ def _run(args):
     _check_models_fit_data(teachers, student, data, args.dataset)
     if student is None:
         student = models.mlp_student(data.input_shape, data.num_classes)
+    cache = not args.no_cache  # fixed data: the teacher runs once
     transfer = datasets.transfer_set(args.dataset, batch_size=args.distill_batch_size,
-                                     data_dir=args.data_dir, seed=args.seed)
+                                     data_dir=args.data_dir, seed=args.seed,
+                                     shuffle=not cache)
     distiller, _ = training.distill(
         teacher, student, transfer, epochs=args.epochs, temperature=args.temperature,
         alpha=args.alpha, validation_data=data["test"], verbose=verbose,
+        cache=cache, seed=args.seed,
         callbacks=training.backup(args.output, "distill", resume=not args.no_resume,
                                   description="the distillation"),
     )

@@ -64,10 +64,12 @@ def _load_labelled(dataset, train_size, batch_size, data_dir, seed):
     return data, train_split
 
 
-def _load_transfer(dataset, transfer_size, distill_batch_size, data_dir, seed):
+def _load_transfer(dataset, transfer_size, distill_batch_size, data_dir, seed,
+                   shuffle=True):
     """The transfer set (inputs only), cut to about `transfer_size`."""
     transfer = datasets.transfer_set(
-        dataset, batch_size=distill_batch_size, data_dir=data_dir, seed=seed
+        dataset, batch_size=distill_batch_size, data_dir=data_dir, seed=seed,
+        shuffle=shuffle,
     )
     if transfer_size is not None:
         batches = math.ceil(transfer_size / distill_batch_size)
@@ -113,6 +115,7 @@ def run_demo(
     seed=0,
     verbose="auto",
     resume=True,
+    cache=True,
 ):
     """Trains a teacher, a scratch student and a distilled student; reports.
 
@@ -154,6 +157,9 @@ def run_demo(
         resume: Whether a training run that was killed resumes from its
             backup in `output_dir/.backup/` (the default). Finished runs
             leave no backup.
+        cache: Whether the teacher runs once over the fixed transfer set
+            (`keras_kd.cache_teacher_outputs`, the default) rather than on
+            every batch of every epoch: the same distillation, faster.
 
     Returns:
         The report dict that is written to `report.json`.
@@ -168,7 +174,8 @@ def run_demo(
     )
     test = data["test"]
     transfer = _load_transfer(
-        dataset, transfer_size, distill_batch_size, data_dir, seed
+        dataset, transfer_size, distill_batch_size, data_dir, seed,
+        shuffle=not cache,  # the cache reshuffles the fixed set itself
     )
     histories = {}
 
@@ -217,6 +224,8 @@ def run_demo(
         validation_data=test,
         verbose=verbose,
         callbacks=_backup(output_dir, "student_distilled", resume),
+        cache=cache,
+        seed=seed,
     )
     _files.save_model(distiller.student, os.path.join(output_dir, "student.keras"))
 
@@ -245,6 +254,7 @@ def run_demo(
         "distill_epochs": distill_epochs,
         "batch_size": batch_size,
         "distill_batch_size": distill_batch_size,
+        "teacher_outputs_cached": cache,
         "train_examples": data.num_examples[train_split],
         "latency_batch_size": int(latency_batch.shape[0]),
         "seed": seed,
@@ -278,6 +288,7 @@ def run_ensemble_demo(
     seed=0,
     verbose="auto",
     resume=True,
+    cache=True,
 ):
     """Distils an ensemble of CNN teachers into an MLP, next to one teacher.
 
@@ -320,6 +331,9 @@ def run_ensemble_demo(
         resume: Whether a training run that was killed resumes from its
             backup in `output_dir/.backup/` (the default). Finished runs
             leave no backup.
+        cache: Whether each teacher runs once over the fixed transfer set
+            (`keras_kd.cache_teacher_outputs`, the default) rather than on
+            every batch of every epoch: the same distillation, faster.
 
     Returns:
         The report dict that is written to `report.json`.
@@ -346,7 +360,8 @@ def run_ensemble_demo(
     )
     test = data["test"]
     transfer = _load_transfer(
-        dataset, transfer_size, distill_batch_size, data_dir, seed
+        dataset, transfer_size, distill_batch_size, data_dir, seed,
+        shuffle=not cache,  # the cache reshuffles the fixed set itself
     )
     histories = {}
 
@@ -403,6 +418,11 @@ def run_ensemble_demo(
             f"distilling {what} into the MLP ({distill_epochs} epochs, "
             f"temperature={temperature})"
         )
+        source, validation = transfer, test
+        if cache:  # each teacher runs once, not on every batch
+            source, validation = training.cache_outputs(
+                teacher, transfer, test, seed=seed
+            )
         keras.utils.set_random_seed(seed)
         student = models.mlp_student(data.input_shape, data.num_classes)
         histories[key] = _distill(
@@ -410,8 +430,8 @@ def run_ensemble_demo(
                 student, teacher, temperature=temperature, alpha=alpha,
                 ensemble_average=ensemble_average,
             ),
-            transfer, epochs=distill_epochs, learning_rate=2e-3,
-            validation_data=test, verbose=verbose,
+            source, epochs=distill_epochs, learning_rate=2e-3,
+            validation_data=validation, verbose=verbose,
             callbacks=_backup(output_dir, key, resume),
         )
         students[key] = student
@@ -447,6 +467,7 @@ def run_ensemble_demo(
         "distill_epochs": distill_epochs,
         "batch_size": batch_size,
         "distill_batch_size": distill_batch_size,
+        "teacher_outputs_cached": cache,
         "train_examples": data.num_examples[train_split],
         "latency_batch_size": int(latency_batch.shape[0]),
         "seed": seed,

@@ -252,6 +252,15 @@ class Distiller(keras.Model):
     (an unlabelled transfer set) the hard term is skipped and the student is
     trained by pure distillation. Sample and class weights weight both terms.
 
+    **Cached teacher outputs.** On a fixed transfer set (not shuffled
+    before the cache, not randomly augmented) the teacher's outputs never
+    change: `keras_kd.cache_teacher_outputs(teacher, x)` runs the teachers
+    once and returns a dataset whose batches carry their logits, and `fit`
+    on it skips the teachers, so an epoch costs about what training the
+    student alone costs (README, "Speed"). `fit` does not cache on its own,
+    since it cannot prove a dataset fixed; the command line, whose
+    pipelines are fixed, caches by default.
+
     **Sequences.** Teacher and student may output per-position logits,
     `(batch, time, classes)`, e.g. token-level distillation. Padding is
     marked by the Keras mask of the models' outputs (a `mask_zero=True`
@@ -614,11 +623,14 @@ class Distiller(keras.Model):
         Distiller cannot be saved to. Data of unknown size that yields no
         batch stops at the end of the first epoch, before any update.
 
-        A non-finite loss (NaN or infinity, e.g. from non-finite inputs or
-        labels) stops training with a `ValueError` naming the epoch and the
+        A non-finite loss (NaN or infinity, e.g. from non-finite inputs,
+        sample weights or teacher outputs) stops training with a `ValueError` naming the epoch and the
         step (1-based, as in the progress bar). The update of that step is
         not applied, so the student keeps the weights of the step before
         (under `jit_compile=True` the check runs after the step instead).
+        A NaN input does not always make the loss NaN: TensorFlow's fused
+        Dense+ReLU kernels on CPU (oneDNN) may turn it into 0, so check
+        data with `np.isfinite(x).all()` when in doubt.
 
         Args:
             *args: Positional arguments of `keras.Model.fit`.
@@ -1129,10 +1141,14 @@ class _TrainingGuard(keras.callbacks.Callback):
     def __init__(self, jit_compile=False, data="x"):
         super().__init__()
         self._check_logs = jit_compile
+        # Unless it must read each step's loss (XLA), it needs nothing at
+        # a batch's end: Keras may then hand the logs of every step to
+        # its callbacks asynchronously, as it does with no callback.
+        self.async_safe = not jit_compile
         self._data = data
         self.epoch = 0
         self.step = 0
-        self.batches = 0
+        self.trained = False  # set at a batch's end: set, never counted
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch, self.step = epoch, 0
@@ -1141,14 +1157,17 @@ class _TrainingGuard(keras.callbacks.Callback):
         self.step = batch
 
     def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
+        # Keras begins a batch before it finds data of unknown size empty,
+        # so only a batch's end shows that one was trained. (Setting a flag,
+        # unlike counting, is safe when Keras calls this asynchronously.)
+        self.trained = True
         loss = (logs or {}).get("loss")
         if self._check_logs and loss is not None:
             if not math.isfinite(float(ops.convert_to_numpy(loss))):
                 raise self.non_finite_error(applied=True)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.batches == 0:
+        if not self.trained:
             raise ValueError(
                 "Expected `x` to yield at least one batch; it yielded none "
                 "in the first epoch, so nothing was trained. Received: "

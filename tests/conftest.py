@@ -8,6 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 import keras_kd  # noqa: E402,F401  (registers the mnist1d builder)
@@ -127,3 +128,40 @@ def json_config(model):
     import json
 
     return json.loads(json.dumps(model.get_config()))
+
+
+class _Counts:
+    """Holds the counter outside Keras' tracking (not a model weight)."""
+
+    def __init__(self):
+        self.runs = tf.Variable(0, dtype="int64", trainable=False)
+
+
+class CallCounter(keras.layers.Layer):
+    """Identity layer that counts its calls.
+
+    `traces` is a Python counter, incremented each time `call` runs as
+    Python (once per trace inside a `tf.function`); `counts.runs` is a
+    `tf.Variable` incremented by every executed call, traced or eager.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.traces = 0
+        self.counts = _Counts()
+
+    def call(self, x):
+        self.traces += 1
+        self.counts.runs.assign_add(1)
+        return x
+
+
+def counting_teacher():
+    """A tiny teacher whose every call is counted by a `CallCounter`."""
+    keras.utils.set_random_seed(1)
+    counter = CallCounter()
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(32, activation="relu")(counter(inputs))
+    teacher = keras.Model(inputs, keras.layers.Dense(3)(hidden), name="teacher")
+    counter.traces = 0  # The symbolic call that built the model.
+    return teacher, counter

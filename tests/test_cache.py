@@ -2,9 +2,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_data, tiny_model
+from conftest import counting_teacher, tiny_data, tiny_model
 
 import keras_kd  # noqa: F401
+from keras_kd import training
 from keras_kd.cache import cache_size_bytes, cache_teacher_outputs
 
 
@@ -54,9 +55,16 @@ def test_shuffled_or_augmented_source_is_refused():
 def test_memory_guard_says_what_the_cache_costs():
     assert cache_size_bytes(29_000, 10) == 29_000 * 10 * 4
     x, _ = tiny_data(n=64)
-    dataset = tf.data.Dataset.from_tensor_slices(x).batch(16)
-    with pytest.raises(ValueError, match=r"64 examples x 1 teacher\(s\) x 3 classes x 4 bytes = 768 bytes.*memory_limit_bytes=500"):
-        cache_teacher_outputs(tiny_model(), dataset, memory_limit_bytes=500)
+    cost = r"64 examples x 1 teacher\(s\) x 3 classes x 4 bytes = 768 bytes.*memory_limit_bytes=500"
+    known = tf.data.Dataset.from_tensor_slices(x).batch(16, drop_remainder=True)
+    for data in (x, known):  # refused before the teacher pass
+        with pytest.raises(ValueError, match=cost):
+            cache_teacher_outputs(tiny_model(), data, memory_limit_bytes=500)
+    # Unknown size (batch dimension None): refused once the examples seen
+    # so far (3 x 16 = 48, 576 bytes) exceed the limit.
+    unknown = tf.data.Dataset.from_tensor_slices(x).batch(16)
+    with pytest.raises(ValueError, match=r"size is unknown, and its first 48 examples.* = 576 bytes"):
+        cache_teacher_outputs(tiny_model(), unknown, memory_limit_bytes=500)
 
 
 def test_empty_dataset_is_refused():
@@ -65,15 +73,31 @@ def test_empty_dataset_is_refused():
         cache_teacher_outputs(tiny_model(), empty)
 
 
+def _cached(source, teacher, x, y, w):
+    """The cache over arrays, or over a dataset held in memory or streamed."""
+    if source == "arrays":
+        return cache_teacher_outputs(teacher, x, y, batch_size=32, shuffle=False)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32)
+    num_teachers = len(teacher) if isinstance(teacher, list) else 1
+    outputs = len(x) * num_teachers * 3 * 4  # bytes of float32 logits
+    # Streamed: room for the outputs, not for the examples as well.
+    limit = outputs + 1 if source == "streamed dataset" else 2**31
+    return cache_teacher_outputs(teacher, dataset, batch_size=32, shuffle=False,
+                                 memory_limit_bytes=limit)
+
+
+@pytest.mark.parametrize("source", ["arrays", "dataset in memory", "streamed dataset"])
 @pytest.mark.parametrize("num_teachers", [1, 3])
-def test_cached_training_equals_uncached(num_teachers):
+def test_cached_training_equals_uncached(num_teachers, source):
     x, y = tiny_data(n=96)
+    # Sample weights travel with a dataset (array inputs take none).
+    w = np.ones(96, "float32") if source == "arrays" else np.linspace(0.5, 2, 96).astype("float32")
     teachers = [tiny_model(seed=10 + i, hidden=24, norm=True) for i in range(num_teachers)]
     teacher = teachers[0] if num_teachers == 1 else teachers
     histories, weights = [], []
     for data in (
-        tf.data.Dataset.from_tensor_slices((x, y)).batch(32),
-        cache_teacher_outputs(teacher, x, y, batch_size=32, shuffle=False),
+        tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32),
+        _cached(source, teacher, x, y, w),
     ):
         distiller = keras_kd.Distiller(tiny_model(seed=2), teacher, temperature=3.0, alpha=0.3)
         distiller.compile(optimizer=keras.optimizers.SGD(0.1), metrics=["accuracy"])
@@ -94,3 +118,74 @@ def test_cache_from_other_teachers_is_refused():
     distiller.compile()
     with pytest.raises(ValueError, match=r"2 teacher\(s\), but this Distiller has 1"):
         distiller.fit(data, verbose=0)
+
+
+def test_lazily_cached_dataset_is_not_truncated(mnist1d_data_dir):
+    # The determinism probe reads one batch again; made before the teacher
+    # pass, such a partial read truncated a lazily filled `Dataset.cache()`
+    # (to ~130 of 1,000 examples, in about half the tries).
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("mnist1d", data_dir=mnist1d_data_dir)
+    teacher = keras_kd.models.mlp_student((40,), 10)
+    for _ in range(6):
+        lazily = builder.as_dataset(split="test", as_supervised=True).cache().batch(128)
+        cached = cache_teacher_outputs(teacher, lazily, batch_size=128, shuffle=False)
+        for epoch in range(2):
+            labels = [batch[1]["labels"] for batch in cached.as_numpy_iterator()]
+            assert len(np.concatenate(labels)) == 1000
+
+
+def test_verbose_shows_the_teacher_pass(capsys):
+    x, y = tiny_data(n=64)
+    cache_teacher_outputs(tiny_model(), x, y, batch_size=16, verbose=1)
+    assert "4/4" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="Received: verbose=2"):
+        cache_teacher_outputs(tiny_model(), x, y, verbose=2)
+
+
+@pytest.mark.parametrize("limit, reads_per_epoch", [(2**31, 0), (71 * 3 * 4 + 1, 71)])
+def test_dataset_is_held_in_memory_when_it_fits(limit, reads_per_epoch):
+    # Examples and outputs fit: later epochs gather from memory and never
+    # read the source. Room for the outputs only: every epoch reads it.
+    x, y = tiny_data()
+    reads = []
+    source = tf.data.Dataset.from_tensor_slices((x, y)).map(
+        lambda a, b: (tf.py_function(lambda v: reads.append(1) or v, [a], tf.float32), b)
+    ).map(lambda a, b: (tf.ensure_shape(a, (8,)), b)).batch(16)
+    cached = cache_teacher_outputs(tiny_model(), source, batch_size=16, memory_limit_bytes=limit)
+    reads.clear()
+    got_x, got_y, _ = _collect(cached)
+    assert len(reads) == reads_per_epoch
+    order = np.lexsort(got_x.T)  # same examples, labels still attached
+    np.testing.assert_array_equal(got_x[order], x[np.lexsort(x.T)])
+    np.testing.assert_array_equal(got_y[order], y[np.lexsort(x.T)])
+
+
+def test_ready_made_distill_runs_the_teacher_once_with_cache():
+    x, _ = tiny_data(n=96)
+    validation = tf.data.Dataset.from_tensor_slices(tiny_data(n=32, seed=1)).batch(32)
+    transfer = tf.data.Dataset.from_tensor_slices(x).batch(32)  # 3 batches
+    runs = []
+    for cache in (True, False):
+        teacher, counter = counting_teacher()
+        _, history = training.distill(teacher, tiny_model(seed=2), transfer, epochs=3,
+                                      validation_data=validation, verbose=0, cache=cache)
+        assert len(history.history["val_accuracy"]) == 3
+        runs.append(int(counter.counts.runs.numpy()))
+    # Cached: one pass over 3 + 1 batches. Uncached: every batch of every epoch.
+    assert runs == [3 + 1, 3 * (3 + 1)]
+    with pytest.raises(ValueError, match="shuffled or randomly augmented"):
+        training.distill(teacher, tiny_model(seed=2), transfer.unbatch().shuffle(96).batch(32),
+                         epochs=1, verbose=0, cache=True)
+
+
+def test_batch_size_defaults_to_the_datasets_own():
+    x, y = tiny_data(n=40)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    sizes = [len(b[0]) for b in cache_teacher_outputs(tiny_model(), dataset, shuffle=False)]
+    assert sizes == [16, 16, 8]
+    sizes = [len(b[0]) for b in cache_teacher_outputs(tiny_model(), x, y, shuffle=False)]
+    assert sizes == [40]  # arrays: 256 at most
+    with pytest.raises(ValueError, match="Received: batch_size=0"):
+        cache_teacher_outputs(tiny_model(), x, y, batch_size=0)

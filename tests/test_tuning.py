@@ -7,49 +7,12 @@ import keras_tuner
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import roundtrip, tiny_data, tiny_model
+from conftest import counting_teacher, roundtrip, tiny_data, tiny_model
 
 import keras_kd
 from keras_kd import cli, losses, tuning
 from keras_kd.datasets import load_mnist1d
 from keras_kd.distiller import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
-
-
-class _Counts:
-    """Holds the counter outside Keras' tracking (not a model weight)."""
-
-    def __init__(self):
-        self.runs = tf.Variable(0, dtype="int64", trainable=False)
-
-
-class CallCounter(keras.layers.Layer):
-    """Identity layer that counts its calls.
-
-    `traces` is a Python counter, incremented each time `call` runs as
-    Python (once per trace inside a `tf.function`); `counts.runs` is a
-    `tf.Variable` incremented by every executed call, traced or eager.
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.traces = 0
-        self.counts = _Counts()
-
-    def call(self, x):
-        self.traces += 1
-        self.counts.runs.assign_add(1)
-        return x
-
-
-def counting_teacher():
-    """A tiny teacher whose every call is counted by a `CallCounter`."""
-    keras.utils.set_random_seed(1)
-    counter = CallCounter()
-    inputs = keras.Input((8,))
-    hidden = keras.layers.Dense(32, activation="relu")(counter(inputs))
-    teacher = keras.Model(inputs, keras.layers.Dense(3)(hidden), name="teacher")
-    counter.traces = 0  # The symbolic call that built the model.
-    return teacher, counter
 
 
 def tiny_student(hp):

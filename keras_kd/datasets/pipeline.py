@@ -89,8 +89,9 @@ def load(
         shuffle_train: Whether to shuffle the specs that include `train`,
             reshuffling at each epoch.
         seed: Seed of the shuffling.
-        cache: Whether to cache examples in memory after the first epoch,
-            which is much faster for small datasets.
+        cache: Whether to read each split into memory once, here, so that
+            every epoch reads from memory (much faster for small datasets).
+            `False` streams each epoch from TFDS' files.
         download: Whether a dataset that is not embedded may be downloaded.
 
     Returns:
@@ -154,7 +155,8 @@ def load(
 
 
 def transfer_set(
-    name, *, batch_size=128, data_dir=None, seed=0, cache=True, download=True
+    name, *, batch_size=128, data_dir=None, seed=0, cache=True, download=True,
+    shuffle=True,
 ):
     """Loads the inputs of a dataset's transfer set for distillation.
 
@@ -169,8 +171,11 @@ def transfer_set(
         batch_size: Number of examples per batch.
         data_dir: Directory where TFDS data are read and written.
         seed: Seed of the shuffling, which reshuffles at each epoch.
-        cache: Whether to cache examples in memory after the first epoch.
+        cache: Whether to read the examples into memory once, here.
         download: Whether a dataset that is not embedded may be downloaded.
+        shuffle: Whether to shuffle, reshuffling at each epoch. `False`
+            gives the fixed order that `keras_kd.cache_teacher_outputs`
+            needs (it then reshuffles the cached examples itself).
 
     Returns:
         A batched `tf.data.Dataset` of inputs `x` only.
@@ -196,7 +201,7 @@ def transfer_set(
         builder,
         spec,
         x_only=True,
-        shuffle=True,
+        shuffle=bool(shuffle),
         batch_size=batch_size,
         seed=seed,
         cache=cache,
@@ -260,40 +265,43 @@ def _split_names(builder, spec):
 
 def _read(builder, spec, *, x_only, shuffle, batch_size, seed, cache):
     """Reads a split spec of a prepared builder into a pipeline."""
-    dataset = builder.as_dataset(
-        split=spec,
-        # Ordered datasets (e.g. MNIST-1D) refuse file shuffling.
-        shuffle_files=shuffle and not builder.info.disable_shuffling,
-        as_supervised=True,
-        read_config=tfds.ReadConfig(shuffle_seed=seed),
-    )
-    if x_only:
-        dataset = dataset.map(lambda x, y: x)
+    if cache:
+        # Read in full, now, rather than with `Dataset.cache()`: a lazily
+        # filled cache whose first read is partial (`next(iter(ds))`,
+        # `take(1)`) can keep only the part read.
+        x, y = builder.as_dataset(split=spec, batch_size=-1, as_supervised=True)
+        dataset = tf.data.Dataset.from_tensor_slices(x if x_only else (x, y))
+    else:
+        dataset = builder.as_dataset(
+            split=spec,
+            # Ordered datasets (e.g. MNIST-1D) refuse file shuffling.
+            shuffle_files=shuffle and not builder.info.disable_shuffling,
+            as_supervised=True,
+            read_config=tfds.ReadConfig(shuffle_seed=seed),
+        )
+        if x_only:
+            dataset = dataset.map(lambda x, y: x)
     num_examples = builder.info.splits[spec].num_examples
     return _make_pipeline(
         dataset,
         batch_size=batch_size,
         shuffle_buffer=min(num_examples, _MAX_SHUFFLE_BUFFER) if shuffle else 0,
         seed=seed,
-        cache=cache,
     )
 
 
-def _make_pipeline(dataset, *, batch_size, shuffle_buffer, seed, cache):
-    """Caches, shuffles, batches, converts and prefetches examples.
+def _make_pipeline(dataset, *, batch_size, shuffle_buffer, seed):
+    """Shuffles, batches, converts and prefetches examples.
 
     Args:
         dataset: A `tf.data.Dataset` of `(x, y)` or of `x` examples.
         batch_size: Number of examples per batch.
         shuffle_buffer: Size of the shuffle buffer; 0 for no shuffling.
         seed: Seed of the shuffling.
-        cache: Whether to cache the examples in memory.
 
     Returns:
         The batched, prefetched `tf.data.Dataset`.
     """
-    if cache:
-        dataset = dataset.cache()
     if shuffle_buffer:
         dataset = dataset.shuffle(
             shuffle_buffer, seed=seed, reshuffle_each_iteration=True
