@@ -1,6 +1,6 @@
 """Epoch time of distillation variants, side by side, as ratios to the floor.
 
-    .venv/bin/python benchmarks/speed.py             # 7 rounds (make bench)
+    .venv/bin/python benchmarks/speed.py             # 31 rounds (make bench)
     .venv/bin/python benchmarks/speed.py --rounds 3  # quicker
 
 Every variant trains the same MLP student on the same MNIST-1D transfer set
@@ -108,7 +108,7 @@ def build_variants(teachers, X, Y):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--output", default=os.path.join(HERE, "results.json"))
     args = parser.parse_args()
 

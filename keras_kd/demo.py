@@ -179,18 +179,24 @@ def run_demo(
     )
     histories = {}
 
-    teacher = _reuse_or_train(
-        os.path.join(output_dir, "teacher.keras"),
-        histories,
-        "teacher",
-        lambda: training.train_teacher(
+    def train_teacher():
+        # Seeded here: the same teacher whether or not the transfer set
+        # above was loaded shuffled (`cache=False`).
+        keras.utils.set_random_seed(seed)
+        return training.train_teacher(
             data,
             split=train_split,
             epochs=teacher_epochs,
             validation_data=test,
             verbose=verbose,
             callbacks=_backup(output_dir, "teacher", resume),
-        ),
+        )
+
+    teacher = _reuse_or_train(
+        os.path.join(output_dir, "teacher.keras"),
+        histories,
+        "teacher",
+        train_teacher,
         f"training the teacher on {dataset} ({teacher_epochs} epochs)",
     )
 
