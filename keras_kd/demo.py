@@ -15,6 +15,7 @@ import os
 import time
 
 import keras
+import tensorflow as tf
 
 from keras_kd import _files
 from keras_kd import datasets
@@ -66,14 +67,32 @@ def _load_labelled(dataset, train_size, batch_size, data_dir, seed):
 
 def _load_transfer(dataset, transfer_size, distill_batch_size, data_dir, seed,
                    shuffle=True):
-    """The transfer set (inputs only), cut to about `transfer_size`."""
+    """The transfer set (inputs only), or its first `transfer_size` or so.
+
+    A cut keeps the same examples every epoch, reshuffled if `shuffle`,
+    as the teacher-output cache does with them: with and without the
+    cache, distillation sees the same examples in the same order.
+    """
+    if transfer_size is None:
+        return datasets.transfer_set(
+            dataset, batch_size=distill_batch_size, data_dir=data_dir,
+            seed=seed, shuffle=shuffle,
+        )
+    batches = max(1, math.ceil(transfer_size / distill_batch_size))
     transfer = datasets.transfer_set(
         dataset, batch_size=distill_batch_size, data_dir=data_dir, seed=seed,
-        shuffle=shuffle,
-    )
-    if transfer_size is not None:
-        batches = math.ceil(transfer_size / distill_batch_size)
-        transfer = transfer.take(max(1, batches))
+        shuffle=False,
+    ).take(batches)
+    if shuffle:
+        steps = int(transfer.cardinality())  # the batches that were there
+        transfer = transfer.unbatch().shuffle(
+            batches * distill_batch_size, seed=seed,
+            reshuffle_each_iteration=True,
+        ).batch(distill_batch_size)
+        if steps > 0:  # known, as before: the learning-rate schedule needs it
+            transfer = transfer.apply(
+                tf.data.experimental.assert_cardinality(steps)
+            )
     return transfer
 
 

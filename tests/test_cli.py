@@ -72,3 +72,21 @@ def test_bad_cli_input_is_one_clear_line(argv, message, tmp_path, capsys, monkey
         cli.main(argv + ["--data-dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_demo_with_and_without_cache_is_the_same_training(mnist1d_data_dir, tmp_path):
+    # Reduced demo twice, each training its own teacher: `--no-cache` runs
+    # the teacher every batch, on the same examples in the same order.
+    argv = ["demo", "--data-dir", str(mnist1d_data_dir), "--teacher-epochs", "1",
+            "--student-epochs", "1", "--distill-epochs", "2", "--train-size", "256",
+            "--transfer-size", "512", "--verbose", "0"]
+    assert cli.main(argv + ["--output", str(tmp_path / "cached")]) == 0
+    assert cli.main(argv + ["--output", str(tmp_path / "live"), "--no-cache"]) == 0
+    for name in ("teacher.keras", "student.keras"):
+        cached = keras.saving.load_model(tmp_path / "cached" / name).get_weights()
+        live = keras.saving.load_model(tmp_path / "live" / name).get_weights()
+        for a, b in zip(cached, live):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+    settings = [json.loads((tmp_path / d / "report.json").read_text())["settings"]
+                for d in ("cached", "live")]
+    assert [s["teacher_outputs_cached"] for s in settings] == [True, False]
