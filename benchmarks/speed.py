@@ -106,17 +106,22 @@ def build_variants(teachers, X, Y):
     return variants
 
 
+def setup():
+    """`(transfer inputs, the 3 teachers, the variants)`, as timed here."""
+    x, y = keras_kd.datasets.load_mnist1d("train")
+    X = np.concatenate([x, keras_kd.datasets.load_mnist1d("transfer")])
+    Y = np.random.default_rng(0).integers(0, 10, len(X))  # cost only
+    teachers = [_teacher(s, x, y) for s in range(3)]
+    return X, teachers, build_variants(teachers, X, Y)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--output", default=os.path.join(HERE, "results.json"))
     args = parser.parse_args()
 
-    x, y = keras_kd.datasets.load_mnist1d("train")
-    X = np.concatenate([x, keras_kd.datasets.load_mnist1d("transfer")])
-    Y = np.random.default_rng(0).integers(0, 10, len(X))  # cost only
-    teachers = [_teacher(s, x, y) for s in range(3)]
-    variants = build_variants(teachers, X, Y)
+    X, teachers, variants = setup()
     load_before = os.getloadavg()
 
     for model, data in variants.values():  # warm-up: tracing, caches

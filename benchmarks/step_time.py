@@ -15,11 +15,9 @@ import statistics
 import time
 
 import keras
-import numpy as np
 
-import keras_kd
 from _common import spread
-from speed import build_variants, _teacher
+from speed import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NAMES = ("a", "b", "c", "d", "e_cached")
@@ -32,11 +30,7 @@ def main():
     parser.add_argument("--output", default=os.path.join(HERE, "step_time.json"))
     args = parser.parse_args()
 
-    x, y = keras_kd.datasets.load_mnist1d("train")
-    X = np.concatenate([x, keras_kd.datasets.load_mnist1d("transfer")])
-    Y = np.random.default_rng(0).integers(0, 10, len(X))  # cost only
-    teachers = [_teacher(s, x, y) for s in range(3)]
-    variants = {k: v for k, v in build_variants(teachers, X, Y).items() if k in NAMES}
+    variants = {k: v for k, v in setup()[2].items() if k in NAMES}
     iterators = {}
     for name, (model, data) in variants.items():
         model.fit(**data, epochs=1, verbose=0)  # builds and traces train_function
@@ -46,7 +40,7 @@ def main():
     names = list(variants)
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            model, step, it = variants[name][0], variants[name][0].train_function, iterators[name]
+            step, it = variants[name][0].train_function, iterators[name]
             start = time.perf_counter()
             for _ in range(args.steps):
                 logs = step(it)

@@ -34,6 +34,46 @@ def is_cached_batch(y):
     return isinstance(y, dict) and TEACHER_LOGITS in y
 
 
+def is_cached_dataset(data):
+    """Whether `data` is a dataset from `cache_teacher_outputs` (static)."""
+    return isinstance(data, tf.data.Dataset) and is_cached_batch(
+        _split(data.element_spec)[1]
+    )
+
+
+def with_class_weight(dataset, class_weight):
+    """A cached dataset with `class_weight[label]` as its sample weights.
+
+    What Keras does with `fit(class_weight=...)` for a single output, done
+    on the labels the cache carries (Keras itself refuses the cached
+    batches' dict of targets).
+
+    Raises:
+        ValueError: if the dataset has no labels or sample weights too.
+    """
+    _, targets, weights = _split(dataset.element_spec)
+    if LABELS not in targets or weights is not None:
+        what = "no labels" if LABELS not in targets else "sample weights"
+        raise ValueError(
+            "Expected `class_weight` with labelled cached data without "
+            f"sample weights, but the data has {what}. Received: "
+            f"class_weight={class_weight!r}"
+        )
+    table = tf.constant(
+        [float(class_weight.get(c, 1.0)) for c in range(max(class_weight) + 1)]
+    )
+
+    def weigh(x, targets):
+        y = targets[LABELS]
+        if y.shape.rank >= 2 and y.shape[-1] > 1:  # one-hot
+            classes = tf.argmax(y, axis=-1, output_type=tf.int32)
+        else:
+            classes = tf.cast(tf.round(tf.reshape(y, [-1])), tf.int32)
+        return x, targets, tf.gather(table, classes)
+
+    return dataset.map(tf.autograph.experimental.do_not_convert(weigh))
+
+
 def _split(batch):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
     return x, y, sample_weight
@@ -46,19 +86,34 @@ def _empty_error():
     )
 
 
-def _first_inputs(dataset):
-    for batch in dataset.take(1):
-        return _split(batch)[0]
-    raise _empty_error()
+def _check_batched(dataset, teacher):
+    """Refuses a dataset of single examples (one axis short of a batch)."""
+    inputs = tf.nest.flatten(_split(dataset.element_spec)[0])[0]
+    wanted = getattr(teacher, "input_shape", None)
+    if isinstance(wanted, tuple) and wanted and not isinstance(wanted[0], tuple):
+        if inputs.shape.rank == len(wanted) - 1:
+            raise ValueError(
+                "Expected `x` to be a batched dataset (the teacher takes "
+                f"inputs of shape {wanted}), but its elements have shape "
+                f"{tuple(inputs.shape)}: call `.batch(...)` on it first. "
+                "Received: x=an unbatched tf.data.Dataset"
+            )
 
 
-def _check_memory(num_examples, num_classes, teachers, limit, so_far=False):
+def _check_not_cached(dataset):
+    _, y, _ = _split(dataset.element_spec)
+    if is_cached_batch(y):
+        raise ValueError(
+            "Expected `x` to be the data to run the teacher on, but it "
+            "already carries cached teacher outputs: pass it to `fit` as "
+            "it is. Received: x=a dataset from "
+            "`keras_kd.cache_teacher_outputs`"
+        )
+
+
+def _check_memory(num_examples, num_classes, teachers, limit, counted=""):
     size = cache_size_bytes(num_examples, num_classes, len(teachers))
     if size > limit:
-        counted = (
-            "the dataset's size is unknown, and its first "
-            if so_far else ""
-        )
         raise ValueError(
             "The teacher-output cache would exceed its memory limit: "
             f"{counted}{num_examples} examples x {len(teachers)} teacher(s) x "
@@ -68,27 +123,52 @@ def _check_memory(num_examples, num_classes, teachers, limit, so_far=False):
         )
 
 
-def _same_inputs(first, second):
-    return all(
-        a.shape == b.shape and np.array_equal(np.asarray(a), np.asarray(b))
-        for a, b in zip(tf.nest.flatten(first), tf.nest.flatten(second))
-    )
+def _fingerprint(inputs):
+    """A batch's inputs summed, plainly and by position (order-sensitive)."""
+    parts = []
+    for a in tf.nest.flatten(inputs):
+        a = np.asarray(a)
+        flat = a.reshape(-1).astype("float64") if a.dtype.kind in "biuf" else None
+        if flat is None:  # e.g. strings: compare them whole
+            parts.append(a.tobytes())
+            continue
+        weights = np.arange(1, flat.size + 1, dtype="float64")
+        parts.append((a.shape, float(flat.sum()), float(flat @ weights)))
+    return tuple(parts)
 
 
-def _check_deterministic(dataset, first):
-    """Refuses a dataset whose first batch differs on a second pass.
+def _check_deterministic(dataset, fingerprints):
+    """Refuses a dataset that gives other inputs on a second pass.
 
-    Runs after the full teacher pass: a partial first read of a dataset
-    with a lazily filled `Dataset.cache()` could truncate that cache.
+    Reads the whole dataset again (inputs only, no teacher) and compares
+    every batch's fingerprint with the teacher pass's. Runs after the
+    teacher pass: a partial first read of a dataset with a lazily filled
+    `Dataset.cache()` could truncate that cache.
     """
-    if not _same_inputs(first, _first_inputs(dataset)):
+    again = [_fingerprint(_split(batch)[0]) for batch in dataset]
+    if not again:
         raise ValueError(
-            "The dataset gives different inputs on two passes (it is "
-            "shuffled or randomly augmented), so cached teacher outputs "
-            "would not match the student's inputs. Cache the fixed, "
-            "unshuffled data and shuffle with `shuffle=True` here; with "
-            "random augmentation, distil without a cache so that the "
-            "teacher sees the same augmented inputs as the student."
+            "Expected `x` to be a dataset that can be read twice (the cache "
+            "reads it again to check that it is fixed), but its second pass "
+            "yielded nothing: it can be iterated only once, e.g. "
+            "`from_generator` over a generator object. Pass a callable that "
+            "returns a fresh generator. Received: x=a tf.data.Dataset that "
+            "is empty on a second pass"
+        )
+    changed = next(
+        (i for i, (a, b) in enumerate(zip(fingerprints, again)) if a != b),
+        None if len(again) == len(fingerprints) else min(len(again), len(fingerprints)),
+    )
+    if changed is not None:
+        raise ValueError(
+            "Expected `x` to give the same inputs on every pass, but its "
+            f"batch {changed + 1} differs on a second pass (it is shuffled "
+            "or randomly augmented), so cached teacher outputs would not "
+            "match the student's inputs. Cache the fixed, unshuffled data "
+            "and shuffle with `shuffle=True` here; with random augmentation, "
+            "distil without a cache so that the teacher sees the same "
+            "augmented inputs as the student. Received: x=a tf.data.Dataset "
+            "whose inputs change between passes"
         )
 
 
@@ -104,6 +184,8 @@ def _known_size(dataset):
 def _teacher_pass_fn(teachers, teacher_outputs):
     from keras_kd.distiller import emits_probabilities  # avoid a cycle
 
+    from keras_kd.distiller import _assert_not_probabilities
+
     from_probs = [
         teacher_outputs == "probabilities"
         or (teacher_outputs == "auto" and emits_probabilities(t))
@@ -117,10 +199,28 @@ def _teacher_pass_fn(teachers, teacher_outputs):
             z = model(inputs, training=False)
             if probs:
                 z = kd_losses.probabilities_to_logits(z)
-            outputs.append(tf.cast(z, "float32"))
+            else:
+                z = tf.cast(z, "float32")
+                if teacher_outputs == "auto":  # as the Distiller checks
+                    _assert_not_probabilities(z)
+            outputs.append(z)
         return tf.stack(outputs, axis=1)
 
-    return teacher_pass
+    def run(inputs):
+        try:
+            return teacher_pass(inputs).numpy()
+        except tf.errors.InvalidArgumentError as error:
+            if "look like probabilities" not in str(error):
+                raise
+            raise ValueError(
+                "The teacher's outputs are non-negative and sum to 1, so they "
+                "look like probabilities, not logits, but its output layer is "
+                "not a softmax that could be detected. Pass "
+                "teacher_outputs='probabilities' (or 'logits' if they really "
+                "are logits). Received: teacher_outputs='auto'"
+            ) from None
+
+    return run
 
 
 def _progress(batches, verbose):
@@ -135,18 +235,35 @@ def _progress(batches, verbose):
         bar.update(step)
 
 
-def _cache_arrays(x, y, teacher_pass, check_memory, batch_size, verbose):
+def _cache_arrays(x, y, sample_weight, teacher_pass, check_memory,
+                  batch_size, verbose):
     """`(columns, number of examples)` for in-memory arrays."""
+    if x is None:
+        raise ValueError(
+            "Expected `x` to be input array(s) or a tf.data.Dataset. "
+            "Received: x=None"
+        )
     x = tf.nest.map_structure(np.asarray, x)
+    if any(a.ndim == 0 for a in tf.nest.flatten(x)):
+        raise ValueError(
+            "Expected `x` to be input array(s) with a batch axis, or a "
+            f"tf.data.Dataset. Received: x of type {type(x).__name__}"
+        )
     num_examples = len(tf.nest.flatten(x)[0])
     if num_examples == 0:
         raise _empty_error()
+    for name, value in (("y", y), ("sample_weight", sample_weight)):
+        if value is not None and len(value) != num_examples:
+            raise ValueError(
+                f"Expected `{name}` to have one entry per example of `x` "
+                f"({num_examples}). Received: {name} of length {len(value)}"
+            )
     check_memory(num_examples)
     batches = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
     logits = np.concatenate(
-        [teacher_pass(b).numpy() for b in _progress(batches, verbose)]
+        [teacher_pass(b) for b in _progress(batches, verbose)]
     )
-    return _columns(x, y, None, logits), num_examples
+    return _columns(x, y, sample_weight, logits), num_examples
 
 
 def _columns(x, y, sample_weight, logits):
@@ -212,18 +329,27 @@ def _cache_dataset(dataset, teacher_pass, check_memory, limit, verbose):
     dataset on every epoch, attaching the outputs held in memory. `batch`
     is the size of the dataset's first batch.
     """
+    _check_not_cached(dataset)
     known = _known_size(dataset)
     if known is not None:  # Refuse before the teacher pass.
         check_memory(known)
-    zs, held, held_bytes, first, num_examples = [], [], 0, None, 0
+    batches = int(dataset.cardinality())
+    zs, held, held_bytes, fingerprints, num_examples = [], [], 0, [], 0
     outputs_bytes = 0
     for batch in _progress(dataset, verbose):
         inputs = _split(batch)[0]
-        if first is None:
-            first = tf.nest.map_structure(np.asarray, inputs)
-        z = teacher_pass(inputs).numpy()
+        fingerprints.append(_fingerprint(inputs))
+        z = teacher_pass(inputs)
+        if not zs and batches > 0:  # at least this many: refuse early
+            check_memory(
+                (batches - 1) * len(z) + 1,
+                f"its {batches} batches, the first of {len(z)}, hold at least ",
+            )
         num_examples += len(z)
-        check_memory(num_examples, so_far=True)
+        check_memory(
+            num_examples,
+            "the dataset's size is unknown, and its first " if batches < 0 else "",
+        )
         zs.append(z)
         outputs_bytes += z.nbytes
         if held is not None:
@@ -236,7 +362,7 @@ def _cache_dataset(dataset, teacher_pass, check_memory, limit, verbose):
                 held.append(arrays)
     if not zs:
         raise _empty_error()
-    _check_deterministic(dataset, first)
+    _check_deterministic(dataset, fingerprints)
     logits = np.concatenate(zs, axis=0)
     examples = _concatenate(held) if held else None
     del held
@@ -259,6 +385,7 @@ def cache_teacher_outputs(
     x,
     y=None,
     *,
+    sample_weight=None,
     batch_size=None,
     shuffle=True,
     shuffle_buffer=50_000,
@@ -279,9 +406,10 @@ def cache_teacher_outputs(
     keras-tuner trials) without running the teachers again.
 
     The inputs must be fixed: the same on every pass. A dataset that is
-    shuffled or randomly augmented is detected (its first batch differs
-    on a second read, made after the teacher pass so as not to truncate a
-    lazily filled `Dataset.cache()`) and refused. Random augmentation
+    shuffled or randomly augmented is detected and refused: after the
+    teacher pass (which a partial read could otherwise truncate, for a
+    lazily filled `Dataset.cache()`), the dataset is read once more,
+    without the teacher, and every batch must match. Random augmentation
     applied *after* this function (a `map` on its result, or augmentation
     layers inside the student) cannot be detected here: do not do it, since
     the teacher would not see the student's augmented inputs and its
@@ -290,7 +418,8 @@ def cache_teacher_outputs(
 
     Memory: the teacher outputs take `examples x teachers x classes x 4`
     bytes (`cache_size_bytes`; 29,000 MNIST-1D examples x 10 classes: 1.2
-    MB). Array inputs stay in memory, where they are, and each batch is
+    MB). Array inputs are copied once into TensorFlow tensors (the cache
+    then holds that copy as well as the outputs), and each batch is
     gathered from them by shuffled indices, as `Model.fit` does with
     arrays, so a cached epoch costs about what the student's own epoch
     costs. A dataset's examples are read into memory too during the
@@ -299,15 +428,16 @@ def cache_teacher_outputs(
     from the dataset on every epoch (from disk, for TFDS) and only the
     outputs are held, which is slower per epoch. When even the outputs
     exceed `memory_limit_bytes`, the cache is refused with a message
-    saying what it costs, before the teacher pass when the number of
-    examples is known (arrays, or a dataset of known cardinality and batch
-    size).
+    saying what it costs, before the teacher pass for arrays and datasets
+    of known size, after the first batch for datasets of known
+    cardinality.
 
     Args:
         teacher: A trained `keras.Model`, or a list of them (an ensemble).
         x: Input array(s), or a finite, unshuffled `tf.data.Dataset` of
             batches of `x`, `(x, y)` or `(x, y, sample_weight)`.
         y: Labels for array `x`; `None` for an unlabelled transfer set.
+        sample_weight: Per-example weights for array `x`, or `None`.
         batch_size: Batch size of the returned dataset (and of the teacher
             pass over arrays). `None`: a dataset's own batch size (that of
             its first batch), or 256 for arrays.
@@ -326,21 +456,44 @@ def cache_teacher_outputs(
         A batched, prefetched `tf.data.Dataset` for `Distiller.fit`.
 
     Raises:
-        ValueError: for an empty, shuffled or augmented dataset, or a cache
-            over `memory_limit_bytes`.
+        ValueError: for an empty, unbatched, already cached, shuffled or
+            augmented dataset, a dataset that can be read only once, `y`
+            or `sample_weight` of another length than `x`, a teacher that
+            emits undetected probabilities (`teacher_outputs="auto"`), a
+            bad argument, or a cache over `memory_limit_bytes`.
 
     Example:
 
     >>> data = keras_kd.cache_teacher_outputs(teacher, x_transfer)
     >>> distiller.fit(data, epochs=40)  # the teacher ran once, above
     """
-    teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    from keras_kd.distiller import _TEACHER_OUTPUTS, _as_teacher_list
+
+    teachers = _as_teacher_list(teacher)
+    if teacher_outputs not in _TEACHER_OUTPUTS:
+        raise ValueError(
+            f"Expected `teacher_outputs` to be one of {_TEACHER_OUTPUTS}. "
+            f"Received: teacher_outputs={teacher_outputs!r}"
+        )
+    for name, value in (
+        ("memory_limit_bytes", memory_limit_bytes),
+        ("shuffle_buffer", shuffle_buffer),
+    ):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Integral)
+            or value <= 0
+        ):
+            raise ValueError(
+                f"Expected `{name}` to be a positive integer. "
+                f"Received: {name}={value!r}"
+            )
     teacher_pass = _teacher_pass_fn(teachers, teacher_outputs)
     num_classes = teachers[0].output_shape[-1]
 
-    def check_memory(num_examples, so_far=False):
+    def check_memory(num_examples, counted=""):
         _check_memory(
-            num_examples, num_classes, teachers, memory_limit_bytes, so_far
+            num_examples, num_classes, teachers, memory_limit_bytes, counted
         )
 
     if batch_size is not None and (
@@ -357,11 +510,14 @@ def cache_teacher_outputs(
             f"Expected `verbose` to be 0 or 1. Received: verbose={verbose!r}"
         )
     if isinstance(x, tf.data.Dataset):
-        if y is not None:
-            raise ValueError(
-                "Pass `y` only with array inputs; a dataset carries its own "
-                f"labels. Received: y of type {type(y).__name__}"
-            )
+        for name, value in (("y", y), ("sample_weight", sample_weight)):
+            if value is not None:
+                raise ValueError(
+                    f"Pass `{name}` only with array inputs; a dataset "
+                    f"carries its own. Received: {name} of type "
+                    f"{type(value).__name__}"
+                )
+        _check_batched(x, teachers[0])
         columns, elements, num_examples, first_batch = _cache_dataset(
             x, teacher_pass, check_memory, memory_limit_bytes, verbose
         )
@@ -369,7 +525,8 @@ def cache_teacher_outputs(
     else:
         batch_size = batch_size or DEFAULT_BATCH_SIZE
         columns, num_examples = _cache_arrays(
-            x, y, teacher_pass, check_memory, batch_size, verbose
+            x, y, sample_weight, teacher_pass, check_memory, batch_size,
+            verbose,
         )
     if columns is not None:
         cached = _gather_batches(

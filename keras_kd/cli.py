@@ -39,7 +39,8 @@ def _common(parser):
                         help="TFDS data directory (default: TFDS' own)")
     parser.add_argument("--batch-size", type=_positive_int, default=64,
                         help="batch size of training on labelled data (default 64)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of initial weights and shuffling (default 0)")
     parser.add_argument("--verbose", default="auto", choices=["auto", "0", "1", "2"],
                         help="Keras fit verbosity (default: bars on a terminal)")
 
@@ -128,7 +129,8 @@ def build_parser():
     demo.add_argument("--train-size", type=_positive_int, default=None,
                       help="use only this many training examples (quick runs)")
     demo.add_argument("--transfer-size", type=_positive_int, default=None,
-                      help="use only about this many transfer examples (quick runs)")
+                      help="use only this many transfer examples, drawn at random "
+                           "once (quick runs)")
     _resume_flag(demo)
     _cache_flag(demo, note="; --reverse always runs its small MLP teacher "
                            "on every batch")
@@ -139,7 +141,12 @@ def build_parser():
     teach.add_argument("--epochs", type=_positive_int, default=40)
     _resume_flag(teach)
 
-    distill = sub.add_parser("distill", help="distil a saved teacher into a student")
+    distill = sub.add_parser(
+        "distill", help="distil a saved teacher into a student",
+        description="Distil saved teacher(s) into a student on the dataset's "
+                    "transfer set (its inputs only, e.g. MNIST-1D's train + "
+                    "transfer), validating on its test split; writes "
+                    "OUTPUT/student.keras.")
     _common(distill)
     _distill_flags(distill)
     distill.add_argument("--teacher", required=True, action="append",
@@ -147,9 +154,12 @@ def build_parser():
                               "(the mean of the teachers' probabilities)")
     distill.add_argument("--student", default=None,
                          help="untrained student .keras file (default: the reference MLP)")
-    distill.add_argument("--output", default="saved_models/distill", help="output folder")
-    distill.add_argument("--epochs", type=_positive_int, default=40)
-    distill.add_argument("--distill-batch-size", type=_positive_int, default=256)
+    distill.add_argument("--output", default="saved_models/distill",
+                         help="output folder (default saved_models/distill)")
+    distill.add_argument("--epochs", type=_positive_int, default=40,
+                         help="distillation epochs (default 40)")
+    distill.add_argument("--distill-batch-size", type=_positive_int, default=256,
+                         help="batch size of distillation (default 256)")
     _resume_flag(distill)
     _cache_flag(distill)
 

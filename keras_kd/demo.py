@@ -45,11 +45,21 @@ _REVERSE_ROWS = (
 def gap_closed(teacher, scratch, distilled):
     """Share of the teacher-scratch accuracy gap that distillation closed.
 
-    `(distilled - scratch) / (teacher - scratch)`; NaN when the teacher is
-    no better than the scratch student (there is no gap to close).
+    `(distilled - scratch) / (teacher - scratch)`; `None` (null in
+    `report.json`) when the teacher is no better than the scratch student:
+    there is no gap to close.
     """
     gap = teacher - scratch
-    return (distilled - scratch) / gap if gap > 0 else float("nan")
+    return (distilled - scratch) / gap if gap > 0 else None
+
+
+def _gap_text(report, teacher):
+    if report["gap_closed"] is None:
+        return (
+            f"the {teacher} is no better than the scratch student, so there "
+            "is no gap to close (train it longer)."
+        )
+    return f"it closed {report['gap_closed']:.0%} of the {teacher}-scratch gap."
 
 
 def _load_labelled(dataset, train_size, batch_size, data_dir, seed):
@@ -67,33 +77,36 @@ def _load_labelled(dataset, train_size, batch_size, data_dir, seed):
 
 def _load_transfer(dataset, transfer_size, distill_batch_size, data_dir, seed,
                    shuffle=True):
-    """The transfer set (inputs only), or its first `transfer_size` or so.
+    """The transfer set (inputs only), or `transfer_size` examples of it.
 
-    A cut keeps the same examples every epoch, reshuffled if `shuffle`,
-    as the teacher-output cache does with them: with and without the
-    cache, distillation sees the same examples in the same order.
+    A cut is drawn at random once (seeded) and keeps the same examples
+    every epoch, reshuffled if `shuffle`, as the teacher-output cache does
+    with them: with and without the cache, distillation sees the same
+    examples in the same order. A cut no smaller than the set is the set.
     """
-    if transfer_size is None:
+    def whole(shuffle):
         return datasets.transfer_set(
             dataset, batch_size=distill_batch_size, data_dir=data_dir,
             seed=seed, shuffle=shuffle,
         )
-    batches = max(1, math.ceil(transfer_size / distill_batch_size))
-    transfer = datasets.transfer_set(
-        dataset, batch_size=distill_batch_size, data_dir=data_dir, seed=seed,
-        shuffle=False,
-    ).take(batches)
+
+    batches = int(whole(False).cardinality())
+    if transfer_size is None or batches < 0 or (
+        transfer_size > (batches - 1) * distill_batch_size
+    ):
+        return whole(shuffle)
+    subset = whole(False).unbatch().shuffle(
+        batches * distill_batch_size, seed=seed, reshuffle_each_iteration=False
+    ).take(transfer_size)
     if shuffle:
-        steps = int(transfer.cardinality())  # the batches that were there
-        transfer = transfer.unbatch().shuffle(
-            batches * distill_batch_size, seed=seed,
-            reshuffle_each_iteration=True,
-        ).batch(distill_batch_size)
-        if steps > 0:  # known, as before: the learning-rate schedule needs it
-            transfer = transfer.apply(
-                tf.data.experimental.assert_cardinality(steps)
-            )
-    return transfer
+        subset = subset.shuffle(
+            transfer_size, seed=seed, reshuffle_each_iteration=True
+        )
+    steps = math.ceil(transfer_size / distill_batch_size)
+    # A known number of batches, as before: the learning-rate schedule needs it.
+    return subset.batch(distill_batch_size).apply(
+        tf.data.experimental.assert_cardinality(steps)
+    )
 
 
 def _backup(output_dir, name, resume):
@@ -168,8 +181,8 @@ def run_demo(
             is 7 times larger than `train`).
         train_size: Use only the first `train_size` training examples
             (for quick runs); `None` uses all.
-        transfer_size: Use only about `transfer_size` transfer examples
-            (whole batches); `None` uses all.
+        transfer_size: Use only `transfer_size` transfer examples, drawn at
+            random once; `None` uses all.
         data_dir: TFDS data directory.
         seed: Seed of weights and shuffling.
         verbose: `"auto"`, 0, 1 or 2, as in `Model.fit`.
@@ -349,7 +362,8 @@ def run_ensemble_demo(
         batch_size: Batch size of the teachers and the scratch student.
         distill_batch_size: Batch size of distillation.
         train_size: Use only the first `train_size` training examples.
-        transfer_size: Use only about `transfer_size` transfer examples.
+        transfer_size: Use only `transfer_size` transfer examples, drawn at
+            random once.
         data_dir: TFDS data directory.
         seed: Base seed of weights and shuffling.
         verbose: `"auto"`, 0, 1 or 2, as in `Model.fit`.
@@ -703,8 +717,7 @@ def format_ensemble_report(report):
         f" averaged): {100 * report['ensemble_gain']:+.2f} points over the "
         f"student distilled from one teacher, "
         f"{100 * (acc['student_ensemble'] - acc['student_scratch']):+.2f} over "
-        f"the scratch student; it closed {report['gap_closed']:.0%} of the "
-        "ensemble-scratch gap."
+        f"the scratch student; {_gap_text(report, 'ensemble')}"
     )
     if "wall_time_s" in report:
         lines.append(f"Wall time: {report['wall_time_s']:.0f} s")
@@ -731,8 +744,8 @@ def format_report(report):
     acc = {k: report["models"][k]["test_accuracy"] for k, _ in _ROWS}
     gain = 100 * (acc["student_distilled"] - acc["student_scratch"])
     lines.append(
-        f"Distillation: {gain:+.2f} points over the scratch student; it "
-        f"closed {report['gap_closed']:.0%} of the teacher-scratch gap."
+        f"Distillation: {gain:+.2f} points over the scratch student; "
+        f"{_gap_text(report, 'teacher')}"
     )
     if "wall_time_s" in report:
         lines.append(f"Wall time: {report['wall_time_s']:.0f} s")

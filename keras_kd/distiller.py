@@ -652,6 +652,12 @@ class Distiller(keras.Model):
         arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
         _check_checkpoint_callbacks(arguments.get("callbacks"))
         _check_data_arguments(arguments)
+        if arguments.get("class_weight") and kd_cache.is_cached_dataset(
+            arguments.get("x")
+        ):  # Keras refuses the cached batches' dict of targets.
+            arguments["x"] = kd_cache.with_class_weight(
+                arguments["x"], arguments.pop("class_weight")
+            )
         guard = _TrainingGuard(
             jit_compile=bool(self.jit_compile),
             data=_describe_data(arguments.get("x")),

@@ -146,8 +146,10 @@ def distill(
     With `cache=True` the teacher runs once over `transfer` (and
     `validation_data`) before training, through
     `keras_kd.cache_teacher_outputs`, instead of on every batch of every
-    epoch; the cached examples are reshuffled each epoch. The result is the
-    same distillation, several times faster per epoch (`benchmarks/`). It
+    epoch; the cached examples are reshuffled each epoch (seeded by
+    `seed`), where `cache=False` trains on `transfer` in its own order. On
+    the same batches both give the same losses; cached epochs are several
+    times faster (`benchmarks/`). It
     needs fixed data: `transfer` unshuffled and not augmented (refused
     otherwise, before training). The command line caches by default, since
     its pipelines are fixed (`--no-cache` turns it off).
@@ -202,15 +204,26 @@ def cache_outputs(teacher, transfer, validation_data=None, *, seed=0):
 
     Both keep their batch size; the transfer set is reshuffled each epoch
     (seeded by `seed`), the validation data keeps its order. Either may be
-    `None`.
+    `None`. The validation data is cached first (it is usually the
+    smaller), and an error names the argument it is about.
     """
-    if transfer is not None:
-        transfer = cache_teacher_outputs(teacher, transfer, seed=seed)
     if validation_data is not None:
-        validation_data = cache_teacher_outputs(
-            teacher, validation_data, shuffle=False
+        validation_data = _cached(
+            teacher, validation_data, "validation_data", shuffle=False
         )
+    if transfer is not None:
+        transfer = _cached(teacher, transfer, "transfer", seed=seed)
     return transfer, validation_data
+
+
+def _cached(teacher, data, argument, **kwargs):
+    try:
+        return cache_teacher_outputs(teacher, data, **kwargs)
+    except ValueError as error:
+        message = str(error).replace("`x`", f"`{argument}`")
+        raise ValueError(
+            message.replace("Received: x=", f"Received: {argument}=")
+        ) from None
 
 
 BACKUP_FOLDER = ".backup"

@@ -60,9 +60,14 @@ def test_memory_guard_says_what_the_cache_costs():
     for data in (x, known):  # refused before the teacher pass
         with pytest.raises(ValueError, match=cost):
             cache_teacher_outputs(tiny_model(), data, memory_limit_bytes=500)
-    # Unknown size (batch dimension None): refused once the examples seen
-    # so far (3 x 16 = 48, 576 bytes) exceed the limit.
-    unknown = tf.data.Dataset.from_tensor_slices(x).batch(16)
+    # Known cardinality, batch dimension None: refused after the first
+    # batch, from the least the 4 batches can hold (3 x 16 + 1 = 49).
+    batched = tf.data.Dataset.from_tensor_slices(x).batch(16)
+    with pytest.raises(ValueError, match=r"its 4 batches, the first of 16, hold at least 49 examples.* = 588 bytes"):
+        cache_teacher_outputs(tiny_model(), batched, memory_limit_bytes=500)
+    # Unknown size: refused once the examples seen so far (3 x 16 = 48,
+    # 576 bytes) exceed the limit.
+    unknown = batched.filter(lambda _: True)
     with pytest.raises(ValueError, match=r"size is unknown, and its first 48 examples.* = 576 bytes"):
         cache_teacher_outputs(tiny_model(), unknown, memory_limit_bytes=500)
 
@@ -76,7 +81,8 @@ def test_empty_dataset_is_refused():
 def _cached(source, teacher, x, y, w):
     """The cache over arrays, or over a dataset held in memory or streamed."""
     if source == "arrays":
-        return cache_teacher_outputs(teacher, x, y, batch_size=32, shuffle=False)
+        return cache_teacher_outputs(teacher, x, y, sample_weight=w, batch_size=32,
+                                     shuffle=False)
     dataset = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32)
     num_teachers = len(teacher) if isinstance(teacher, list) else 1
     outputs = len(x) * num_teachers * 3 * 4  # bytes of float32 logits
@@ -90,8 +96,7 @@ def _cached(source, teacher, x, y, w):
 @pytest.mark.parametrize("num_teachers", [1, 3])
 def test_cached_training_equals_uncached(num_teachers, source):
     x, y = tiny_data(n=96)
-    # Sample weights travel with a dataset (array inputs take none).
-    w = np.ones(96, "float32") if source == "arrays" else np.linspace(0.5, 2, 96).astype("float32")
+    w = np.linspace(0.5, 2, 96).astype("float32")
     teachers = [tiny_model(seed=10 + i, hidden=24, norm=True) for i in range(num_teachers)]
     teacher = teachers[0] if num_teachers == 1 else teachers
     histories, weights = [], []
@@ -189,3 +194,79 @@ def test_batch_size_defaults_to_the_datasets_own():
     assert sizes == [40]  # arrays: 256 at most
     with pytest.raises(ValueError, match="Received: batch_size=0"):
         cache_teacher_outputs(tiny_model(), x, y, batch_size=0)
+
+
+def _softmax_on_top(model):
+    # A softmax the static check cannot see (an op, not a layer's activation).
+    return keras.Model(model.inputs, keras.activations.softmax(model.outputs[0]))
+
+
+def _one_shot(x):
+    examples = iter(x.reshape(-1, 16, 8))
+    return tf.data.Dataset.from_generator(
+        lambda: examples, output_signature=tf.TensorSpec((16, 8), "float32"))
+
+
+def _shuffled_after_batch_2(x):
+    ds = tf.data.Dataset.from_tensor_slices(x)
+    return ds.take(32).concatenate(ds.skip(32).shuffle(32, seed=1)).batch(16)
+
+
+X8 = tiny_data(n=64)[0]
+BAD = [
+    ("no teacher", lambda: cache_teacher_outputs([], X8), r"Received: teacher=\[\]"),
+    ("teacher path", lambda: cache_teacher_outputs("t.keras", X8), r"Received: teacher='t.keras'"),
+    ("teacher_outputs typo", lambda: cache_teacher_outputs(tiny_model(), X8, teacher_outputs="probabilites"),
+     r"Received: teacher_outputs='probabilites'"),
+    ("memory limit None", lambda: cache_teacher_outputs(tiny_model(), X8, memory_limit_bytes=None),
+     r"Received: memory_limit_bytes=None"),
+    ("memory limit -1", lambda: cache_teacher_outputs(tiny_model(), X8, memory_limit_bytes=-1),
+     r"Received: memory_limit_bytes=-1"),
+    ("shuffle_buffer 0", lambda: cache_teacher_outputs(tiny_model(), X8, shuffle_buffer=0),
+     r"Received: shuffle_buffer=0"),
+    ("x None", lambda: cache_teacher_outputs(tiny_model(), None), r"Received: x=None"),
+    ("y too short", lambda: cache_teacher_outputs(tiny_model(), X8, np.zeros(40, "int64")),
+     r"one entry per example of `x` \(64\)\. Received: y of length 40"),
+    ("sample_weight too long", lambda: cache_teacher_outputs(tiny_model(), X8, sample_weight=np.ones(65)),
+     r"Received: sample_weight of length 65"),
+    ("unbatched", lambda: cache_teacher_outputs(tiny_model(), tf.data.Dataset.from_tensor_slices(X8)),
+     r"call `.batch\(...\)`.*Received: x=an unbatched"),
+    ("already cached", lambda: cache_teacher_outputs(tiny_model(), cache_teacher_outputs(tiny_model(), X8)),
+     r"already carries cached teacher outputs"),
+    ("one-shot generator", lambda: cache_teacher_outputs(tiny_model(), _one_shot(X8)),
+     r"can be iterated only once"),
+    ("shuffled after batch 2", lambda: cache_teacher_outputs(tiny_model(), _shuffled_after_batch_2(X8)),
+     r"batch 3 differs on a second pass"),
+    ("undetected softmax", lambda: cache_teacher_outputs(_softmax_on_top(tiny_model()), X8),
+     r"look like probabilities.*teacher_outputs='probabilities'"),
+]
+
+
+@pytest.mark.parametrize("action, pattern", [r[1:] for r in BAD], ids=[r[0] for r in BAD])
+def test_bad_input_is_named(action, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        action()
+
+
+def test_class_weight_applies_to_cached_labels():
+    x, y = tiny_data(n=64)
+    teacher, weights = tiny_model(seed=1), {0: 0.5, 1: 2.0, 2: 1.0}
+    runs = []
+    for data in (  # class weights, or the per-example weights they stand for
+        (cache_teacher_outputs(teacher, x, y, batch_size=16, shuffle=False), weights),
+        (cache_teacher_outputs(teacher, x, y, sample_weight=np.vectorize(weights.get)(y),
+                               batch_size=16, shuffle=False), None),
+    ):
+        distiller = keras_kd.Distiller(tiny_model(seed=2), teacher, alpha=0.5)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.1))
+        runs.append(distiller.fit(data[0], class_weight=data[1], epochs=2, verbose=0).history)
+    np.testing.assert_allclose(runs[0]["loss"], runs[1]["loss"], rtol=1e-6)
+
+
+def test_ready_made_distill_names_the_data_it_refuses():
+    x, y = tiny_data()
+    fixed = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    shuffled = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(71).batch(16)
+    with pytest.raises(ValueError, match=r"`validation_data` to give the same inputs.*Received: validation_data="):
+        training.distill(tiny_model(seed=1), tiny_model(seed=2), fixed, epochs=1,
+                         validation_data=shuffled, cache=True, verbose=0)

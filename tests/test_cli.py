@@ -90,3 +90,11 @@ def test_demo_with_and_without_cache_is_the_same_training(mnist1d_data_dir, tmp_
     settings = [json.loads((tmp_path / d / "report.json").read_text())["settings"]
                 for d in ("cached", "live")]
     assert [s["teacher_outputs_cached"] for s in settings] == [True, False]
+
+
+def test_no_gap_to_close_is_said_not_nan():
+    from keras_kd import demo
+
+    assert demo.gap_closed(0.98, 0.60, 0.80) == pytest.approx(0.2 / 0.38)
+    assert demo.gap_closed(0.50, 0.60, 0.70) is None  # teacher below scratch
+    assert "no gap to close" in demo._gap_text({"gap_closed": None}, "teacher")
