@@ -6,6 +6,7 @@ epochs (and keras-tuner trials) then cost what training the student alone
 costs.
 """
 
+import hashlib
 import math
 import numbers
 
@@ -124,17 +125,13 @@ def _check_memory(num_examples, num_classes, teachers, limit, counted=""):
 
 
 def _fingerprint(inputs):
-    """A batch's inputs summed, plainly and by position (order-sensitive)."""
-    parts = []
+    """A digest of a batch's inputs: their shapes, dtypes and bytes."""
+    digest = hashlib.blake2b(digest_size=16)
     for a in tf.nest.flatten(inputs):
-        a = np.asarray(a)
-        flat = a.reshape(-1).astype("float64") if a.dtype.kind in "biuf" else None
-        if flat is None:  # e.g. strings: compare them whole
-            parts.append(a.tobytes())
-            continue
-        weights = np.arange(1, flat.size + 1, dtype="float64")
-        parts.append((a.shape, float(flat.sum()), float(flat @ weights)))
-    return tuple(parts)
+        a = np.ascontiguousarray(np.asarray(a))
+        digest.update(repr((a.shape, a.dtype.str)).encode())
+        digest.update(a.tobytes() if a.dtype.kind != "O" else repr(a.tolist()).encode())
+    return digest.digest()
 
 
 def _check_deterministic(dataset, fingerprints):
@@ -172,6 +169,27 @@ def _check_deterministic(dataset, fingerprints):
         )
 
 
+def _count_examples(dataset):
+    """The number of examples of a batched dataset, read without a teacher."""
+    return int(dataset.reduce(
+        np.int64(0),
+        lambda n, batch: n + tf.cast(
+            tf.shape(tf.nest.flatten(_split(batch)[0])[0])[0], tf.int64
+        ),
+    ))
+
+
+def _check_same_shape(array, first, index, what):
+    if array.shape[1:] != first.shape[1:]:
+        raise ValueError(
+            f"The teacher-output cache needs {what} of one shape beyond the "
+            f"batch axis, but batch {index + 1} has shape {array.shape} "
+            f"after {first.shape}. Pad to a fixed length (e.g. "
+            "`padded_batch(..., padded_shapes=...)` with fixed shapes), or "
+            "distil without a cache. Received: x=a dataset of varying shapes"
+        )
+
+
 def _known_size(dataset):
     """Examples in a dataset of known cardinality and batch size, or None."""
     batches = int(dataset.cardinality())
@@ -179,6 +197,23 @@ def _known_size(dataset):
     if batches < 0 or not spec.shape or spec.shape[0] is None:
         return None
     return batches * spec.shape[0]  # at most: the last batch may be short
+
+
+def _num_classes(teachers):
+    """The teachers' number of classes; refuses an ensemble that differs."""
+    sizes = []
+    for t in teachers:
+        try:
+            sizes.append(t.output_shape[-1])
+        except (AttributeError, ValueError, TypeError):
+            sizes.append(None)  # e.g. a subclassed model: seen when it runs
+    known = {n for n in sizes if n is not None}
+    if len(known) > 1:
+        raise ValueError(
+            "Expected every teacher of the ensemble to output the same "
+            f"number of classes. Received: teachers with {sizes} classes"
+        )
+    return known.pop() if known else None
 
 
 def _teacher_pass_fn(teachers, teacher_outputs):
@@ -204,6 +239,12 @@ def _teacher_pass_fn(teachers, teacher_outputs):
                 if teacher_outputs == "auto":  # as the Distiller checks
                     _assert_not_probabilities(z)
             outputs.append(z)
+        shapes = [tuple(z.shape[1:]) for z in outputs]
+        if len(set(shapes)) > 1:  # at trace time
+            raise ValueError(
+                "Expected every teacher of the ensemble to give outputs of "
+                f"one shape. Received: teacher outputs of shapes {shapes}"
+            )
         return tf.stack(outputs, axis=1)
 
     def run(inputs):
@@ -243,11 +284,12 @@ def _cache_arrays(x, y, sample_weight, teacher_pass, check_memory,
             "Expected `x` to be input array(s) or a tf.data.Dataset. "
             "Received: x=None"
         )
+    received = type(x).__name__
     x = tf.nest.map_structure(np.asarray, x)
-    if any(a.ndim == 0 for a in tf.nest.flatten(x)):
+    if any(a.ndim == 0 or a.dtype.kind in "OSU" for a in tf.nest.flatten(x)):
         raise ValueError(
-            "Expected `x` to be input array(s) with a batch axis, or a "
-            f"tf.data.Dataset. Received: x of type {type(x).__name__}"
+            "Expected `x` to be numeric input array(s) with a batch axis, or "
+            f"a tf.data.Dataset. Received: x of type {received}"
         )
     num_examples = len(tf.nest.flatten(x)[0])
     if num_examples == 0:
@@ -260,10 +302,12 @@ def _cache_arrays(x, y, sample_weight, teacher_pass, check_memory,
             )
     check_memory(num_examples)
     batches = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
-    logits = np.concatenate(
-        [teacher_pass(b) for b in _progress(batches, verbose)]
-    )
-    return _columns(x, y, sample_weight, logits), num_examples
+    zs = []
+    for b in _progress(batches, verbose):
+        zs.append(teacher_pass(b))
+        if len(zs) == 1:  # the outputs' size is known now
+            check_memory(num_examples)
+    return _columns(x, y, sample_weight, np.concatenate(zs)), num_examples
 
 
 def _columns(x, y, sample_weight, logits):
@@ -336,15 +380,24 @@ def _cache_dataset(dataset, teacher_pass, check_memory, limit, verbose):
     batches = int(dataset.cardinality())
     zs, held, held_bytes, fingerprints, num_examples = [], [], 0, [], 0
     outputs_bytes = 0
+    first_inputs = None
     for batch in _progress(dataset, verbose):
         inputs = _split(batch)[0]
+        for a, b in zip(tf.nest.flatten(inputs), tf.nest.flatten(
+            first_inputs if first_inputs is not None else inputs
+        )):
+            _check_same_shape(a, b, len(zs), "inputs")
+        if first_inputs is None:
+            first_inputs = inputs
         fingerprints.append(_fingerprint(inputs))
         z = teacher_pass(inputs)
-        if not zs and batches > 0:  # at least this many: refuse early
-            check_memory(
-                (batches - 1) * len(z) + 1,
-                f"its {batches} batches, the first of {len(z)}, hold at least ",
-            )
+        if not zs and batches > 0:  # refuse early, on an exact count
+            estimate = batches * len(z)
+            try:
+                check_memory(estimate)
+            except ValueError:  # count without the teacher, to be sure
+                check_memory(_count_examples(dataset))
+        _check_same_shape(z, zs[0] if zs else z, len(zs), "teacher outputs")
         num_examples += len(z)
         check_memory(
             num_examples,
@@ -488,12 +541,25 @@ def cache_teacher_outputs(
                 f"Expected `{name}` to be a positive integer. "
                 f"Received: {name}={value!r}"
             )
-    teacher_pass = _teacher_pass_fn(teachers, teacher_outputs)
-    num_classes = teachers[0].output_shape[-1]
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+    ):
+        raise ValueError(
+            f"Expected `seed` to be an integer or None. Received: seed={seed!r}"
+        )
+    run_teachers = _teacher_pass_fn(teachers, teacher_outputs)
+    per_example = [_num_classes(teachers)]  # values per teacher and example
+
+    def teacher_pass(inputs):
+        z = run_teachers(inputs)
+        per_example[0] = int(np.prod(z.shape[2:]))  # classes (x positions)
+        return z
 
     def check_memory(num_examples, counted=""):
+        if per_example[0] is None:  # known after the first batch
+            return
         _check_memory(
-            num_examples, num_classes, teachers, memory_limit_bytes, counted
+            num_examples, per_example[0], teachers, memory_limit_bytes, counted
         )
 
     if batch_size is not None and (
@@ -518,6 +584,12 @@ def cache_teacher_outputs(
                     f"{type(value).__name__}"
                 )
         _check_batched(x, teachers[0])
+        if x.cardinality() == tf.data.INFINITE_CARDINALITY:
+            raise ValueError(
+                "Expected a finite dataset to cache teacher outputs for. "
+                "Received: x=an infinite tf.data.Dataset (e.g. `.repeat()` "
+                "without a count); cache the data before repeating it"
+            )
         columns, elements, num_examples, first_batch = _cache_dataset(
             x, teacher_pass, check_memory, memory_limit_bytes, verbose
         )

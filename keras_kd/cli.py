@@ -114,7 +114,8 @@ def build_parser():
                       default="probabilities",
                       help="with --ensemble: average the teachers' probabilities "
                            "(default) or logits")
-    demo.add_argument("--distill-batch-size", type=_positive_int, default=256)
+    demo.add_argument("--distill-batch-size", type=_positive_int, default=256,
+                      help="batch size of distillation (default 256)")
     demo.add_argument("--output", default=None,
                       help="output folder (default: "
                            + ", ".join(f"{v} ({k})" for k, v in _DEMO_OUTPUTS.items())

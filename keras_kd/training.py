@@ -217,8 +217,12 @@ def cache_outputs(teacher, transfer, validation_data=None, *, seed=0):
 
 
 def _cached(teacher, data, argument, **kwargs):
+    arrays = {}
+    if isinstance(data, (list, tuple)):  # `(x, y[, sample_weight])` arrays
+        data, *rest = data
+        arrays = dict(zip(("y", "sample_weight"), rest))
     try:
-        return cache_teacher_outputs(teacher, data, **kwargs)
+        return cache_teacher_outputs(teacher, data, **arrays, **kwargs)
     except ValueError as error:
         message = str(error).replace("`x`", f"`{argument}`")
         raise ValueError(

@@ -1,3 +1,5 @@
+import itertools
+
 import keras
 import numpy as np
 import pytest
@@ -61,10 +63,15 @@ def test_memory_guard_says_what_the_cache_costs():
         with pytest.raises(ValueError, match=cost):
             cache_teacher_outputs(tiny_model(), data, memory_limit_bytes=500)
     # Known cardinality, batch dimension None: refused after the first
-    # batch, from the least the 4 batches can hold (3 x 16 + 1 = 49).
+    # batch, once a count without the teacher confirms the estimate.
     batched = tf.data.Dataset.from_tensor_slices(x).batch(16)
-    with pytest.raises(ValueError, match=r"its 4 batches, the first of 16, hold at least 49 examples.* = 588 bytes"):
+    with pytest.raises(ValueError, match=cost):
         cache_teacher_outputs(tiny_model(), batched, memory_limit_bytes=500)
+    # A large first batch, then small ones: 16 + 6 x 8 = 64 examples fit in
+    # 800 bytes, though 7 batches of 16 would not.
+    uneven = tf.data.Dataset.from_tensor_slices(x[:16]).batch(16).concatenate(
+        tf.data.Dataset.from_tensor_slices(x[16:]).batch(8))
+    cache_teacher_outputs(tiny_model(), uneven, memory_limit_bytes=800)
     # Unknown size: refused once the examples seen so far (3 x 16 = 48,
     # 576 bytes) exceed the limit.
     unknown = batched.filter(lambda _: True)
@@ -212,6 +219,35 @@ def _shuffled_after_batch_2(x):
     return ds.take(32).concatenate(ds.skip(32).shuffle(32, seed=1)).batch(16)
 
 
+def _pooled():
+    inputs = keras.Input((None,))
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Reshape((-1, 1))(inputs))
+    return keras.Model(inputs, keras.layers.Dense(3)(pooled))
+
+
+def _padded():
+    lengths = tf.data.Dataset.from_tensor_slices([3, 3, 5, 5])
+    return lengths.map(lambda n: tf.ones([n])).padded_batch(2)
+
+
+def _swapping():
+    # One-hot rows; on every other pass two rows of batch 3 swap places, which
+    # keeps the batch's sums, even its position-weighted sums.
+    one_hot = np.eye(8, dtype="float32")[np.arange(64) % 8]
+    passes = itertools.count()
+
+    def batches():
+        swap = next(passes) % 2
+        for i in range(4):
+            batch = one_hot[16 * i:16 * (i + 1)].copy()
+            if swap and i == 2:
+                batch[[0, 1]] = batch[[1, 0]]
+            yield batch
+
+    return tf.data.Dataset.from_generator(
+        batches, output_signature=tf.TensorSpec((16, 8), "float32"))
+
+
 X8 = tiny_data(n=64)[0]
 BAD = [
     ("no teacher", lambda: cache_teacher_outputs([], X8), r"Received: teacher=\[\]"),
@@ -236,6 +272,17 @@ BAD = [
     ("one-shot generator", lambda: cache_teacher_outputs(tiny_model(), _one_shot(X8)),
      r"can be iterated only once"),
     ("shuffled after batch 2", lambda: cache_teacher_outputs(tiny_model(), _shuffled_after_batch_2(X8)),
+     r"batch 3 differs on a second pass"),
+    ("infinite dataset", lambda: cache_teacher_outputs(
+        tiny_model(), tf.data.Dataset.from_tensor_slices(X8).repeat().batch(16)),
+     r"Received: x=an infinite tf.data.Dataset"),
+    ("seed 1.5", lambda: cache_teacher_outputs(tiny_model(), X8, seed=1.5), r"Received: seed=1.5"),
+    ("x a file name", lambda: cache_teacher_outputs(tiny_model(), "data.npy"), r"Received: x of type str"),
+    ("varying shapes", lambda: cache_teacher_outputs(_pooled(), _padded()),
+     r"batch 2 has shape \(2, 5\) after \(2, 3\).*padded_shapes"),
+    ("ensemble of other classes", lambda: cache_teacher_outputs(
+        [tiny_model(), tiny_model(classes=4)], X8), r"Received: teachers with \[3, 4\] classes"),
+    ("rows swapped in a batch", lambda: cache_teacher_outputs(tiny_model(), _swapping()),
      r"batch 3 differs on a second pass"),
     ("undetected softmax", lambda: cache_teacher_outputs(_softmax_on_top(tiny_model()), X8),
      r"look like probabilities.*teacher_outputs='probabilities'"),
@@ -270,3 +317,31 @@ def test_ready_made_distill_names_the_data_it_refuses():
     with pytest.raises(ValueError, match=r"`validation_data` to give the same inputs.*Received: validation_data="):
         training.distill(tiny_model(seed=1), tiny_model(seed=2), fixed, epochs=1,
                          validation_data=shuffled, cache=True, verbose=0)
+
+
+def test_fixed_data_with_nan_and_subclassed_teachers_are_cached():
+    class Sub(keras.Model):  # no `output_shape` to read before it runs
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.dense(x)
+
+    x = tiny_data(n=64)[0].copy()
+    x[5, 0] = np.nan  # a NaN is the same on every pass, not a change
+    teacher = Sub()
+    cached = cache_teacher_outputs(teacher, tf.data.Dataset.from_tensor_slices(x).batch(16),
+                                   shuffle=False, memory_limit_bytes=10**6)
+    z = np.concatenate([t["teacher_logits"][:, 0] for _, t in cached])
+    np.testing.assert_allclose(z, teacher(x).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"64 examples x 1 teacher\(s\) x 3 classes"):
+        cache_teacher_outputs(teacher, x, memory_limit_bytes=100)
+
+
+def test_ready_made_distill_caches_array_validation_data():
+    x, y = tiny_data()
+    fixed = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    distiller, history = training.distill(tiny_model(seed=1), tiny_model(seed=2), fixed, epochs=1,
+                                          validation_data=(x, y), cache=True, verbose=0)
+    assert np.isfinite(history.history["val_loss"]).all()
