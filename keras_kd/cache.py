@@ -520,7 +520,9 @@ def cache_teacher_outputs(
     >>> data = keras_kd.cache_teacher_outputs(teacher, x_transfer)
     >>> distiller.fit(data, epochs=40)  # the teacher ran once, above
     """
-    from keras_kd.distiller import _TEACHER_OUTPUTS, _as_teacher_list
+    from keras_kd.distiller import _TEACHER_OUTPUTS
+    from keras_kd.distiller import _as_teacher_list
+    from keras_kd.distiller import check_positive_int
 
     teachers = _as_teacher_list(teacher)
     if teacher_outputs not in _TEACHER_OUTPUTS:
@@ -528,19 +530,9 @@ def cache_teacher_outputs(
             f"Expected `teacher_outputs` to be one of {_TEACHER_OUTPUTS}. "
             f"Received: teacher_outputs={teacher_outputs!r}"
         )
-    for name, value in (
-        ("memory_limit_bytes", memory_limit_bytes),
-        ("shuffle_buffer", shuffle_buffer),
-    ):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, numbers.Integral)
-            or value <= 0
-        ):
-            raise ValueError(
-                f"Expected `{name}` to be a positive integer. "
-                f"Received: {name}={value!r}"
-            )
+    check_positive_int("memory_limit_bytes", memory_limit_bytes)
+    check_positive_int("shuffle_buffer", shuffle_buffer)
+    check_positive_int("batch_size", batch_size, none_ok=True)
     if seed is not None and (
         isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
     ):
@@ -562,15 +554,6 @@ def cache_teacher_outputs(
             num_examples, per_example[0], teachers, memory_limit_bytes, counted
         )
 
-    if batch_size is not None and (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size <= 0
-    ):
-        raise ValueError(
-            "Expected `batch_size` to be a positive integer or None. "
-            f"Received: batch_size={batch_size!r}"
-        )
     if not isinstance(verbose, (bool, int)) or verbose not in (0, 1):
         raise ValueError(
             f"Expected `verbose` to be 0 or 1. Received: verbose={verbose!r}"

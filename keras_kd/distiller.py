@@ -46,6 +46,21 @@ _CHECKPOINT_FORMATS = (
 )
 
 
+def check_positive_int(name, value, none_ok=False):
+    """Refuses `value` unless it is a positive integer (or None, if allowed)."""
+    if value is None and none_ok:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value <= 0
+    ):
+        raise ValueError(
+            f"Expected `{name}` to be a positive integer"
+            f"{' or None' if none_ok else ''}. Received: {name}={value!r}"
+        )
+
+
 def validate_alpha(alpha):
     """Checks that `alpha` is a number in [0, 1] and returns it as float."""
     if (
@@ -1087,18 +1102,7 @@ def _check_data_arguments(arguments):
         arguments: The arguments of a `fit` or `evaluate` call, by name.
     """
     for name in _COUNT_ARGUMENTS:
-        value = arguments.get(name)
-        if value is None:
-            continue
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, numbers.Integral)
-            or value <= 0
-        ):
-            raise ValueError(
-                f"Expected `{name}` to be a positive integer or None. "
-                f"Received: {name}={value!r}"
-            )
+        check_positive_int(name, arguments.get(name), none_ok=True)
     epochs = arguments.get("epochs", 1)
     if (
         isinstance(epochs, bool)
