@@ -9,6 +9,7 @@ costs.
 import hashlib
 import math
 import numbers
+import warnings
 
 import keras
 import numpy as np
@@ -112,13 +113,14 @@ def _check_not_cached(dataset):
         )
 
 
-def _check_memory(num_examples, num_classes, teachers, limit, counted=""):
+def _check_memory(num_examples, num_classes, teachers, limit, counted="",
+                  unit="classes"):
     size = cache_size_bytes(num_examples, num_classes, len(teachers))
     if size > limit:
         raise ValueError(
             "The teacher-output cache would exceed its memory limit: "
             f"{counted}{num_examples} examples x {len(teachers)} teacher(s) x "
-            f"{num_classes} classes x 4 bytes = {size} bytes. Distil without "
+            f"{num_classes} {unit} x 4 bytes = {size} bytes. Distil without "
             "a cache, use fewer examples, or raise the limit. Received: "
             f"memory_limit_bytes={limit}"
         )
@@ -127,7 +129,8 @@ def _check_memory(num_examples, num_classes, teachers, limit, counted=""):
 def _fingerprint(inputs):
     """A digest of a batch's inputs: their shapes, dtypes and bytes."""
     digest = hashlib.blake2b(digest_size=16)
-    for a in tf.nest.flatten(inputs):
+    # Ragged and sparse tensors by their values, row splits or indices.
+    for a in tf.nest.flatten(inputs, expand_composites=True):
         a = np.ascontiguousarray(np.asarray(a))
         digest.update(repr((a.shape, a.dtype.str)).encode())
         digest.update(a.tobytes() if a.dtype.kind != "O" else repr(a.tolist()).encode())
@@ -201,19 +204,23 @@ def _known_size(dataset):
 
 def _num_classes(teachers):
     """The teachers' number of classes; refuses an ensemble that differs."""
-    sizes = []
+    sizes, values = [], []
     for t in teachers:
         try:
-            sizes.append(t.output_shape[-1])
+            shape = tuple(t.output_shape[1:])
         except (AttributeError, ValueError, TypeError):
-            sizes.append(None)  # e.g. a subclassed model: seen when it runs
+            shape = None  # e.g. a subclassed model: seen when it runs
+        sizes.append(shape[-1] if shape else None)
+        if shape and all(d is not None for d in shape):
+            values.append(int(np.prod(shape)))
     known = {n for n in sizes if n is not None}
     if len(known) > 1:
         raise ValueError(
             "Expected every teacher of the ensemble to output the same "
             f"number of classes. Received: teachers with {sizes} classes"
         )
-    return known.pop() if known else None
+    # Values per teacher and example (classes x positions for sequences).
+    return values[0] if len(values) == len(teachers) else None
 
 
 def _teacher_pass_fn(teachers, teacher_outputs):
@@ -229,9 +236,10 @@ def _teacher_pass_fn(teachers, teacher_outputs):
 
     @tf.function(reduce_retracing=True)
     def teacher_pass(inputs):
-        outputs = []
+        outputs, masked = [], False
         for model, probs in zip(teachers, from_probs):
             z = model(inputs, training=False)
+            masked = masked or kd_losses.get_keras_mask(z) is not None
             if probs:
                 z = kd_losses.probabilities_to_logits(z)
             else:
@@ -239,17 +247,13 @@ def _teacher_pass_fn(teachers, teacher_outputs):
                 if teacher_outputs == "auto":  # as the Distiller checks
                     _assert_not_probabilities(z)
             outputs.append(z)
-        shapes = [tuple(z.shape[1:]) for z in outputs]
-        if len(set(shapes)) > 1:  # at trace time
-            raise ValueError(
-                "Expected every teacher of the ensemble to give outputs of "
-                f"one shape. Received: teacher outputs of shapes {shapes}"
-            )
-        return tf.stack(outputs, axis=1)
+        return tuple(outputs), tf.constant(masked)  # masked: known at trace
+
+    masked_seen = []
 
     def run(inputs):
         try:
-            return teacher_pass(inputs).numpy()
+            outputs, masked = teacher_pass(inputs)
         except tf.errors.InvalidArgumentError as error:
             if "look like probabilities" not in str(error):
                 raise
@@ -260,6 +264,24 @@ def _teacher_pass_fn(teachers, teacher_outputs):
                 "teacher_outputs='probabilities' (or 'logits' if they really "
                 "are logits). Received: teacher_outputs='auto'"
             ) from None
+        outputs = [z.numpy() for z in outputs]
+        shapes = [z.shape[1:] for z in outputs]
+        if len(set(shapes)) > 1:
+            raise ValueError(
+                "Expected every teacher of the ensemble to give outputs of "
+                f"one shape. Received: teacher outputs of shapes {shapes}"
+            )
+        if bool(masked) and not masked_seen:
+            masked_seen.append(True)
+            warnings.warn(
+                "keras_kd.cache_teacher_outputs: the teacher's outputs carry "
+                "a Keras mask (padding), which the cache does not keep: on "
+                "cached data the Distiller masks by the student's mask and "
+                "the sample weights only. Give the student the same mask "
+                "(e.g. `mask_zero=True`), or distil without a cache.",
+                UserWarning, stacklevel=4,
+            )
+        return np.stack(outputs, axis=1)
 
     return run
 
@@ -401,7 +423,8 @@ def _cache_dataset(dataset, teacher_pass, check_memory, limit, verbose):
         num_examples += len(z)
         check_memory(
             num_examples,
-            "the dataset's size is unknown, and its first " if batches < 0 else "",
+            "the dataset's size is unknown, and its first "
+            if batches < 0 else f"its first {len(zs) + 1} of {batches} batches hold ",
         )
         zs.append(z)
         outputs_bytes += z.nbytes
@@ -545,20 +568,37 @@ def cache_teacher_outputs(
     def teacher_pass(inputs):
         z = run_teachers(inputs)
         per_example[0] = int(np.prod(z.shape[2:]))  # classes (x positions)
+        per_example[1] = "classes" if z.ndim == 3 else "values (classes x positions)"
         return z
+
+    per_example.append("classes")
 
     def check_memory(num_examples, counted=""):
         if per_example[0] is None:  # known after the first batch
             return
         _check_memory(
-            num_examples, per_example[0], teachers, memory_limit_bytes, counted
+            num_examples, per_example[0], teachers, memory_limit_bytes,
+            counted, per_example[1],
         )
 
     if not isinstance(verbose, (bool, int)) or verbose not in (0, 1):
         raise ValueError(
             f"Expected `verbose` to be 0 or 1. Received: verbose={verbose!r}"
         )
+    if isinstance(x, keras.utils.PyDataset):
+        raise ValueError(
+            "Expected `x` to be arrays or a tf.data.Dataset; a PyDataset "
+            "cannot be cached (convert its batches to arrays, or distil "
+            "without a cache). Received: x of type " + type(x).__name__
+        )
     if isinstance(x, tf.data.Dataset):
+        if x.options().deterministic is False:
+            raise ValueError(
+                "Expected a dataset of a fixed order, but its options allow "
+                "a nondeterministic one, so cached teacher outputs could "
+                "stop matching its inputs on a later pass. Received: x with "
+                "options().deterministic=False"
+            )
         for name, value in (("y", y), ("sample_weight", sample_weight)):
             if value is not None:
                 raise ValueError(

@@ -248,6 +248,20 @@ def _swapping():
         batches, output_signature=tf.TensorSpec((16, 8), "float32"))
 
 
+def _nondeterministic(x):
+    options = tf.data.Options()
+    options.deterministic = False
+    return tf.data.Dataset.from_tensor_slices(x).batch(16).with_options(options)
+
+
+class _Batches(keras.utils.PyDataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return X8
+
+
 X8 = tiny_data(n=64)[0]
 BAD = [
     ("no teacher", lambda: cache_teacher_outputs([], X8), r"Received: teacher=\[\]"),
@@ -284,6 +298,9 @@ BAD = [
         [tiny_model(), tiny_model(classes=4)], X8), r"Received: teachers with \[3, 4\] classes"),
     ("rows swapped in a batch", lambda: cache_teacher_outputs(tiny_model(), _swapping()),
      r"batch 3 differs on a second pass"),
+    ("nondeterministic options", lambda: cache_teacher_outputs(tiny_model(), _nondeterministic(X8)),
+     r"Received: x with options\(\).deterministic=False"),
+    ("PyDataset", lambda: cache_teacher_outputs(tiny_model(), _Batches()), r"Received: x of type _Batches"),
     ("undetected softmax", lambda: cache_teacher_outputs(_softmax_on_top(tiny_model()), X8),
      r"look like probabilities.*teacher_outputs='probabilities'"),
 ]
@@ -345,3 +362,24 @@ def test_ready_made_distill_caches_array_validation_data():
     distiller, history = training.distill(tiny_model(seed=1), tiny_model(seed=2), fixed, epochs=1,
                                           validation_data=(x, y), cache=True, verbose=0)
     assert np.isfinite(history.history["val_loss"]).all()
+
+
+def test_batch_digest_sees_ragged_and_sparse_rows_move():
+    from keras_kd.cache import _fingerprint
+
+    rows = np.arange(1500, dtype="float32").reshape(300, 5)  # too many for repr()
+    swapped = rows[np.r_[0:150, 151, 150, 152:300]]
+    assert _fingerprint(tf.ragged.constant(rows)) == _fingerprint(tf.ragged.constant(rows.copy()))
+    assert _fingerprint(tf.ragged.constant(rows)) != _fingerprint(tf.ragged.constant(swapped))
+    eye = tf.sparse.from_dense(np.eye(700, dtype="float32"))
+    moved = tf.sparse.from_dense(np.eye(700, dtype="float32")[::-1])
+    assert _fingerprint(eye) != _fingerprint(moved)
+
+
+def test_a_masking_teacher_is_flagged():
+    inputs = keras.Input((6,), dtype="int32")
+    embedded = keras.layers.Embedding(10, 4, mask_zero=True)(inputs)
+    teacher = keras.Model(inputs, keras.layers.Dense(3)(embedded))  # per position, masked
+    tokens = np.random.default_rng(0).integers(0, 10, (32, 6)).astype("int32")
+    with pytest.warns(UserWarning, match="carry a Keras mask"):
+        cache_teacher_outputs(teacher, tokens)
