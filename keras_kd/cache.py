@@ -103,8 +103,7 @@ def _check_batched(dataset, teacher):
 
 
 def _check_not_cached(dataset):
-    _, y, _ = _split(dataset.element_spec)
-    if is_cached_batch(y):
+    if is_cached_dataset(dataset):
         raise ValueError(
             "Expected `x` to be the data to run the teacher on, but it "
             "already carries cached teacher outputs: pass it to `fit` as "
@@ -113,16 +112,26 @@ def _check_not_cached(dataset):
         )
 
 
-def _check_memory(num_examples, num_classes, teachers, limit, counted="",
-                  unit="classes"):
-    size = cache_size_bytes(num_examples, num_classes, len(teachers))
+def _cache_bytes(num_examples, output_shape, num_teachers):
+    """Bytes of the outputs of `output_shape` (per teacher and example)."""
+    return cache_size_bytes(
+        num_examples, int(np.prod(output_shape)), num_teachers
+    )
+
+
+def _check_memory(num_examples, output_shape, teachers, limit, counted=""):
+    size = _cache_bytes(num_examples, output_shape, len(teachers))
     if size > limit:
+        unit = (
+            "classes" if len(output_shape) == 1
+            else "values (classes x positions)"
+        )
         raise ValueError(
             "The teacher-output cache would exceed its memory limit: "
             f"{counted}{num_examples} examples x {len(teachers)} teacher(s) x "
-            f"{num_classes} {unit} x 4 bytes = {size} bytes. Distil without "
-            "a cache, use fewer examples, or raise the limit. Received: "
-            f"memory_limit_bytes={limit}"
+            f"{int(np.prod(output_shape))} {unit} x 4 bytes = {size} bytes. "
+            "Distil without a cache, use fewer examples, or raise the limit. "
+            f"Received: memory_limit_bytes={limit}"
         )
 
 
@@ -202,31 +211,30 @@ def _known_size(dataset):
     return batches * spec.shape[0]  # at most: the last batch may be short
 
 
-def _num_classes(teachers):
-    """The teachers' number of classes; refuses an ensemble that differs."""
-    sizes, values = [], []
+def _output_shape(teachers):
+    """The teachers' output shape per example, if known before they run.
+
+    Refuses an ensemble whose numbers of classes differ.
+    """
+    shapes = []
     for t in teachers:
         try:
-            shape = tuple(t.output_shape[1:])
+            shapes.append(tuple(t.output_shape[1:]))
         except (AttributeError, ValueError, TypeError):
-            shape = None  # e.g. a subclassed model: seen when it runs
-        sizes.append(shape[-1] if shape else None)
-        if shape and all(d is not None for d in shape):
-            values.append(int(np.prod(shape)))
-    known = {n for n in sizes if n is not None}
-    if len(known) > 1:
+            shapes.append(None)  # e.g. a subclassed model: seen when it runs
+    sizes = [shape[-1] if shape else None for shape in shapes]
+    if len({n for n in sizes if n is not None}) > 1:
         raise ValueError(
             "Expected every teacher of the ensemble to output the same "
             f"number of classes. Received: teachers with {sizes} classes"
         )
-    # Values per teacher and example (classes x positions for sequences).
-    return values[0] if len(values) == len(teachers) else None
+    known = [s for s in shapes if s and all(d is not None for d in s)]
+    return known[0] if len(known) == len(teachers) else None
 
 
 def _teacher_pass_fn(teachers, teacher_outputs):
-    from keras_kd.distiller import emits_probabilities  # avoid a cycle
-
-    from keras_kd.distiller import _assert_not_probabilities
+    from keras_kd.distiller import _assert_not_probabilities  # avoid a cycle
+    from keras_kd.distiller import emits_probabilities
 
     from_probs = [
         teacher_outputs == "probabilities"
@@ -405,21 +413,18 @@ def _cache_dataset(dataset, teacher_pass, check_memory, limit, verbose):
     first_inputs = None
     for batch in _progress(dataset, verbose):
         inputs = _split(batch)[0]
-        for a, b in zip(tf.nest.flatten(inputs), tf.nest.flatten(
-            first_inputs if first_inputs is not None else inputs
-        )):
-            _check_same_shape(a, b, len(zs), "inputs")
         if first_inputs is None:
             first_inputs = inputs
+        for a, b in zip(tf.nest.flatten(inputs), tf.nest.flatten(first_inputs)):
+            _check_same_shape(a, b, len(zs), "inputs")
         fingerprints.append(_fingerprint(inputs))
         z = teacher_pass(inputs)
-        if not zs and batches > 0:  # refuse early, on an exact count
-            estimate = batches * len(z)
-            try:
-                check_memory(estimate)
-            except ValueError:  # count without the teacher, to be sure
-                check_memory(_count_examples(dataset))
-        _check_same_shape(z, zs[0] if zs else z, len(zs), "teacher outputs")
+        if zs:
+            _check_same_shape(z, zs[0], len(zs), "teacher outputs")
+        elif batches > 0 and _cache_bytes(
+            batches * len(z), z.shape[2:], z.shape[1]
+        ) > limit:  # refuse early, once a count without the teacher agrees
+            check_memory(_count_examples(dataset))
         num_examples += len(z)
         check_memory(
             num_examples,
@@ -543,16 +548,12 @@ def cache_teacher_outputs(
     >>> data = keras_kd.cache_teacher_outputs(teacher, x_transfer)
     >>> distiller.fit(data, epochs=40)  # the teacher ran once, above
     """
-    from keras_kd.distiller import _TEACHER_OUTPUTS
-    from keras_kd.distiller import _as_teacher_list
+    from keras_kd.distiller import _as_teacher_list  # avoid a cycle
     from keras_kd.distiller import check_positive_int
+    from keras_kd.distiller import validate_teacher_outputs
 
     teachers = _as_teacher_list(teacher)
-    if teacher_outputs not in _TEACHER_OUTPUTS:
-        raise ValueError(
-            f"Expected `teacher_outputs` to be one of {_TEACHER_OUTPUTS}. "
-            f"Received: teacher_outputs={teacher_outputs!r}"
-        )
+    validate_teacher_outputs(teacher_outputs)
     check_positive_int("memory_limit_bytes", memory_limit_bytes)
     check_positive_int("shuffle_buffer", shuffle_buffer)
     check_positive_int("batch_size", batch_size, none_ok=True)
@@ -563,23 +564,19 @@ def cache_teacher_outputs(
             f"Expected `seed` to be an integer or None. Received: seed={seed!r}"
         )
     run_teachers = _teacher_pass_fn(teachers, teacher_outputs)
-    per_example = [_num_classes(teachers)]  # values per teacher and example
+    output_shape = [_output_shape(teachers)]  # per teacher and example
 
     def teacher_pass(inputs):
         z = run_teachers(inputs)
-        per_example[0] = int(np.prod(z.shape[2:]))  # classes (x positions)
-        per_example[1] = "classes" if z.ndim == 3 else "values (classes x positions)"
+        output_shape[0] = z.shape[2:]
         return z
 
-    per_example.append("classes")
-
     def check_memory(num_examples, counted=""):
-        if per_example[0] is None:  # known after the first batch
-            return
-        _check_memory(
-            num_examples, per_example[0], teachers, memory_limit_bytes,
-            counted, per_example[1],
-        )
+        if output_shape[0] is not None:  # else known after the first batch
+            _check_memory(
+                num_examples, output_shape[0], teachers, memory_limit_bytes,
+                counted,
+            )
 
     if not isinstance(verbose, (bool, int)) or verbose not in (0, 1):
         raise ValueError(

@@ -90,12 +90,13 @@ def _load_transfer(dataset, transfer_size, distill_batch_size, data_dir, seed,
             seed=seed, shuffle=shuffle,
         )
 
-    batches = int(whole(False).cardinality())
-    if transfer_size is None or batches < 0 or (
-        transfer_size > (batches - 1) * distill_batch_size
-    ):
+    if transfer_size is None:
         return whole(shuffle)
-    subset = whole(False).unbatch().shuffle(
+    fixed = whole(False)  # read once (it is held in memory)
+    batches = int(fixed.cardinality())
+    if batches < 0 or transfer_size > (batches - 1) * distill_batch_size:
+        return whole(True) if shuffle else fixed
+    subset = fixed.unbatch().shuffle(
         batches * distill_batch_size, seed=seed, reshuffle_each_iteration=False
     ).take(transfer_size)
     if shuffle:

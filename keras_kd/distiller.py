@@ -46,6 +46,16 @@ _CHECKPOINT_FORMATS = (
 )
 
 
+def validate_teacher_outputs(teacher_outputs):
+    """Checks `teacher_outputs` is one of "auto", "logits", "probabilities"."""
+    if teacher_outputs not in _TEACHER_OUTPUTS:
+        raise ValueError(
+            f"Expected `teacher_outputs` to be one of {_TEACHER_OUTPUTS}. "
+            f"Received: teacher_outputs={teacher_outputs!r}"
+        )
+    return teacher_outputs
+
+
 def check_positive_int(name, value, none_ok=False):
     """Refuses `value` unless it is a positive integer (or None, if allowed)."""
     if value is None and none_ok:
@@ -433,11 +443,7 @@ class Distiller(keras.Model):
                 "same object was passed as both. Received: "
                 f"teacher=student={student.name!r}"
             )
-        if teacher_outputs not in _TEACHER_OUTPUTS:
-            raise ValueError(
-                f"Expected `teacher_outputs` to be one of {_TEACHER_OUTPUTS}. "
-                f"Received: teacher_outputs={teacher_outputs!r}"
-            )
+        validate_teacher_outputs(teacher_outputs)
         if not isinstance(soft_loss, str) or soft_loss not in SOFT_LOSSES:
             raise ValueError(
                 f"Expected `soft_loss` to be one of {SOFT_LOSSES}. "
